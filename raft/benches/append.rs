@@ -1,0 +1,179 @@
+//! The append path: committed entries per second with 1, 10 and 100 groups appending at once,
+//! group commit on and off, next to the fsyncs per second that one lone writer gets from the
+//! same disk in the same run.
+//!
+//! Each group is a one-member Raft group, so an entry is committed exactly when its log append
+//! is synced: the bench measures the log writer, not the network.
+//!
+//! Run: `cargo bench -p riptide-raft --bench append`. Besides criterion's own report it prints a
+//! summary table (medians of three runs) with the ratio of committed entries per second to the
+//! fsync probe.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use riptide_raft::{
+    AppliedEntry, DataFamily, EngineConfig, GroupBatch, GroupCommit, GroupId, GroupSettings,
+    GroupView, NodeId, RaftEngine, StateMachine, StateMachineFactory, StorageError,
+};
+
+struct Sink;
+
+impl StateMachine for Sink {
+    fn apply(
+        &mut self,
+        batch: &mut GroupBatch,
+        _view: &GroupView,
+        entries: &[AppliedEntry],
+    ) -> Result<Vec<Bytes>, StorageError> {
+        for e in entries {
+            batch.put(DataFamily::Records, &e.index.to_be_bytes(), &e.data);
+        }
+        Ok(vec![Bytes::new(); entries.len()])
+    }
+    fn restore(&mut self, _view: &GroupView) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+struct SinkFactory;
+
+impl StateMachineFactory for SinkFactory {
+    fn create(&self, _: GroupId, _: &[u8]) -> Result<Box<dyn StateMachine>, StorageError> {
+        Ok(Box::new(Sink))
+    }
+}
+
+/// fsyncs per second of one writer: 4 KiB writes, each followed by fdatasync.
+fn fsync_probe(dir: &std::path::Path, duration: Duration) -> f64 {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let block = vec![7u8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        f.write_all(&block).expect("probe write");
+        f.sync_data().expect("probe fdatasync");
+        n += 1;
+    }
+    let _ = std::fs::remove_file(path);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    engine: RaftEngine,
+    groups: Vec<GroupId>,
+}
+
+async fn setup(groups: u64, mode: GroupCommit) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = EngineConfig::new(NodeId(1), dir.path());
+    config.group_commit = mode;
+    let engine = RaftEngine::open(config, Arc::new(SinkFactory)).await.expect("engine");
+    let ids: Vec<GroupId> = (1..=groups).map(GroupId).collect();
+    let mut settings = GroupSettings::data_shard();
+    // Keep the bench about appends, not snapshots.
+    settings.snapshot_after_entries = 10_000_000;
+    for g in &ids {
+        let group = engine.create_group(*g, settings.clone(), b"bench").await.expect("group");
+        group
+            .initialize(BTreeMap::from([(NodeId(1), "127.0.0.1:1".to_string())]))
+            .await
+            .expect("initialize");
+    }
+    for g in &ids {
+        engine
+            .group(*g)
+            .expect("group")
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .expect("leader");
+    }
+    Setup {
+        _dir: dir,
+        engine,
+        groups: ids,
+    }
+}
+
+/// Commits `total` 100-byte entries spread over the groups, each group one writer in a loop.
+async fn run(setup: &Setup, total: u64) -> Duration {
+    let per_group = total.div_ceil(setup.groups.len() as u64);
+    let start = Instant::now();
+    let writers = setup.groups.iter().map(|g| {
+        let group = setup.engine.group(*g).expect("group");
+        async move {
+            let data = Bytes::from(vec![1u8; 100]);
+            for _ in 0..per_group {
+                group.write(data.clone()).await.expect("write");
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let probe_dir = tempfile::tempdir().expect("temp dir");
+    let probe = fsync_probe(probe_dir.path(), Duration::from_secs(3));
+    println!("fsync probe: {probe:.0} fsyncs/s (4 KiB write + fdatasync, one writer)");
+
+    let mut summary = Vec::new();
+    let mut g = c.benchmark_group("append");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    g.warm_up_time(Duration::from_secs(1));
+    g.throughput(Throughput::Elements(1));
+    for groups in [1u64, 10, 100] {
+        for (mode, name) in [(GroupCommit::On, "group_commit_on"), (GroupCommit::Off, "group_commit_off")] {
+            let s = rt.block_on(setup(groups, mode));
+            g.bench_with_input(BenchmarkId::new(name, groups), &groups, |b, _| {
+                b.iter_custom(|iters| rt.block_on(run(&s, iters.max(groups))));
+            });
+            // Three timed runs of a fixed size for the summary table.
+            let mut rates: Vec<f64> = (0..3)
+                .map(|_| {
+                    let n = 200 * groups.max(5);
+                    let t = rt.block_on(run(&s, n));
+                    (n.div_ceil(groups) * groups) as f64 / t.as_secs_f64()
+                })
+                .collect();
+            rates.sort_by(|a, b| a.total_cmp(b));
+            let stats = s.engine.writer_stats();
+            summary.push((name, groups, rates[1], stats));
+            rt.block_on(s.engine.shutdown());
+        }
+    }
+    g.finish();
+
+    let probe_after = fsync_probe(probe_dir.path(), Duration::from_secs(3));
+    println!();
+    println!("fsync probe before: {probe:.0}/s, after: {probe_after:.0}/s");
+    println!("| mode | groups | committed entries/s (median of 3) | ratio to fsync probe | writes per batch | tasks per sync |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let baseline = (probe + probe_after) / 2.0;
+    for (name, groups, rate, st) in summary {
+        println!(
+            "| {name} | {groups} | {rate:.0} | {:.1}x | {:.1} | {:.1} |",
+            rate / baseline,
+            st.tasks as f64 / st.batches.max(1) as f64,
+            st.tasks as f64 / st.syncs.max(1) as f64,
+        );
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

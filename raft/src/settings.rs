@@ -1,0 +1,176 @@
+//! Settings of a group class (controller or data shard) and of the node-to-node transport.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RaftError;
+
+/// Timing and log-retention settings of one Raft group.
+///
+/// Groups of different classes are tuned apart: the controller group is small and latency
+/// sensitive, data shards are many and should not spend the node's CPU on heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSettings {
+    /// How often a leader sends heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout, in milliseconds.
+    pub election_timeout_max_ms: u64,
+    /// Ask peers before starting an election (pre-vote), so that a node cut off from the others
+    /// does not disturb the group when it comes back.
+    pub pre_vote: bool,
+    /// Build a snapshot after this many entries were applied since the last one; the log below
+    /// the snapshot may then be purged.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log below a snapshot so that slightly lagging followers catch up from
+    /// the log rather than through a snapshot.
+    pub keep_entries_below_snapshot: u64,
+    /// Most entries sent in one append request.
+    pub max_entries_per_append: u64,
+}
+
+impl GroupSettings {
+    /// Defaults for data shards in one data centre.
+    pub fn data_shard() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            pre_vote: true,
+            snapshot_after_entries: 20_000,
+            keep_entries_below_snapshot: 5_000,
+            max_entries_per_append: 256,
+        }
+    }
+
+    /// Defaults for the controller (metadata) group in one data centre.
+    pub fn controller() -> Self {
+        Self {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            pre_vote: true,
+            snapshot_after_entries: 5_000,
+            keep_entries_below_snapshot: 1_000,
+            max_entries_per_append: 256,
+        }
+    }
+
+    /// Profile for groups whose members are in regions 50 to 150 ms apart.
+    pub fn cross_region() -> Self {
+        Self {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 2000,
+            election_timeout_max_ms: 4000,
+            pre_vote: true,
+            snapshot_after_entries: 20_000,
+            keep_entries_below_snapshot: 20_000,
+            max_entries_per_append: 512,
+        }
+    }
+
+    /// Checks the settings; the error names the offending key.
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let bad = |key: &str, why: String| RaftError::InvalidSettings {
+            key: key.to_string(),
+            reason: why,
+        };
+        if self.heartbeat_interval_ms == 0 {
+            return Err(bad("heartbeat_interval_ms", "must be at least 1".into()));
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms * 2 {
+            return Err(bad(
+                "election_timeout_min_ms",
+                format!(
+                    "must be more than twice heartbeat_interval_ms ({}), got {}",
+                    self.heartbeat_interval_ms, self.election_timeout_min_ms
+                ),
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(bad(
+                "election_timeout_max_ms",
+                format!(
+                    "must be more than election_timeout_min_ms ({}), got {}",
+                    self.election_timeout_min_ms, self.election_timeout_max_ms
+                ),
+            ));
+        }
+        if self.snapshot_after_entries == 0 {
+            return Err(bad("snapshot_after_entries", "must be at least 1".into()));
+        }
+        if self.max_entries_per_append == 0 {
+            return Err(bad("max_entries_per_append", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_openraft(&self, name: &str) -> Result<openraft::Config, RaftError> {
+        self.validate()?;
+        let config = openraft::Config {
+            cluster_name: name.to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            enable_pre_vote: Some(self.pre_vote),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_below_snapshot,
+            max_payload_entries: self.max_entries_per_append,
+            // Generous: a snapshot is streamed in chunks and each chunk must arrive in time.
+            install_snapshot_timeout: 10_000,
+            // Data groups are many: keep their channels small.
+            api_channel_size: Some(4096),
+            notification_channel_size: Some(4096),
+            state_machine_channel_size: Some(256),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| RaftError::InvalidSettings {
+            key: "group settings".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Settings of the node-to-node transport. The defaults are sized for links with round trips
+/// of up to about 100 ms: an HTTP/2 stream window of 8 MiB keeps 80 MB/s flowing per stream at
+/// 100 ms, and the connection window leaves room for many groups at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSettings {
+    pub connect_timeout_ms: u64,
+    /// Deadline of one vote, append or transfer-leader call.
+    pub rpc_timeout_ms: u64,
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
+    /// Largest message a node accepts or sends. Larger messages are refused.
+    pub max_message_bytes: usize,
+    /// Size of one snapshot chunk on the wire.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            rpc_timeout_ms: 5_000,
+            http2_stream_window_bytes: 8 << 20,
+            http2_connection_window_bytes: 32 << 20,
+            http2_keepalive_interval_ms: 10_000,
+            http2_keepalive_timeout_ms: 20_000,
+            max_message_bytes: 64 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+impl TransportSettings {
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub(crate) fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+}

@@ -1,0 +1,299 @@
+//! The sending side of the transport: a channel cache per peer and openraft's network traits.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use tonic::transport::{Channel, Endpoint};
+
+use super::pb::raft_transport_client::RaftTransportClient;
+use super::pb::{RaftRequest, SnapshotChunk};
+use super::{decode, encode};
+use crate::settings::TransportSettings;
+use crate::store::snapshot::SnapshotData;
+use crate::types::{GroupId, NodeId, PeerNode, TypeConfig, Vote};
+
+type RpcErr = RPCError<TypeConfig>;
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Channels to peer nodes, shared by every group of this node. One HTTP/2 connection per peer.
+pub(crate) struct PeerPool {
+    settings: TransportSettings,
+    channels: Mutex<HashMap<(u64, String), Channel>>,
+}
+
+impl PeerPool {
+    pub(crate) fn new(settings: TransportSettings) -> Self {
+        Self {
+            settings,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, node: u64, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (node, addr.to_string());
+        let channel = match channels.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let s = &self.settings;
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("bad address {addr:?} of node {node}: {e}"))?
+                    .connect_timeout(s.connect_timeout())
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(s.http2_stream_window_bytes)
+                    .initial_connection_window_size(s.http2_connection_window_bytes)
+                    .http2_keep_alive_interval(Duration::from_millis(s.http2_keepalive_interval_ms))
+                    .keep_alive_timeout(Duration::from_millis(s.http2_keepalive_timeout_ms))
+                    .keep_alive_while_idle(true);
+                let c = endpoint.connect_lazy();
+                channels.insert(key, c.clone());
+                c
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(self.settings.max_message_bytes)
+            .max_encoding_message_size(self.settings.max_message_bytes))
+    }
+
+    /// Forgets the channel to `node`, e.g. after its address changed.
+    pub(crate) fn forget(&self, node: NodeId) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _), _| *n != node.0);
+    }
+}
+
+/// Creates the network clients of one group.
+pub(crate) struct GroupNetworkFactory {
+    pool: Arc<PeerPool>,
+    group: GroupId,
+    from: NodeId,
+}
+
+impl GroupNetworkFactory {
+    pub(crate) fn new(pool: Arc<PeerPool>, group: GroupId, from: NodeId) -> Self {
+        Self { pool, group, from }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
+        PeerClient {
+            client: self.pool.client(target, &node.addr),
+            group: self.group,
+            target,
+            from: self.from,
+            rpc_timeout: self.pool.settings.rpc_timeout(),
+            chunk_bytes: self.pool.settings.snapshot_chunk_bytes,
+        }
+    }
+}
+
+/// Sends one group's messages to one peer.
+pub(crate) struct PeerClient {
+    client: Result<RaftTransportClient<Channel>, String>,
+    group: GroupId,
+    target: u64,
+    from: NodeId,
+    rpc_timeout: Duration,
+    chunk_bytes: usize,
+}
+
+fn unreachable(msg: impl ToString) -> RpcErr {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn status_error(status: tonic::Status) -> RpcErr {
+    use tonic::Code;
+    match status.code() {
+        // The peer is there but cannot take this message now: back off before retrying.
+        Code::Unavailable | Code::NotFound | Code::FailedPrecondition | Code::Cancelled
+        | Code::DeadlineExceeded | Code::Unknown => unreachable(format!("{status}")),
+        _ => RPCError::Network(NetworkError::from_string(format!("{status}"))),
+    }
+}
+
+impl PeerClient {
+    fn request(&self, payload: Vec<u8>) -> RaftRequest {
+        RaftRequest {
+            group_id: self.group.0,
+            target_node: self.target,
+            from_node: self.from.0,
+            payload,
+        }
+    }
+
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RpcErr> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcErr>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<super::pb::RaftReply>, tonic::Status>>,
+    {
+        let request = self.request(encode(req));
+        let deadline = option.hard_ttl().min(self.rpc_timeout);
+        let reply = tokio::time::timeout(deadline, call(self.client()?, request))
+            .await
+            .map_err(|_| unreachable(format!("no answer from node {} within {deadline:?}", self.target)))?
+            .map_err(status_error)?
+            .into_inner();
+        let result: Result<Resp, String> = decode(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
+        result.map_err(|remote| unreachable(format!("node {} refused: {remote}", self.target)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let (group, target, from) = (self.group.0, self.target, self.from.0);
+        let client = self.client();
+        async move {
+            let mut client = client?;
+            let outbound = input.map(move |req| RaftRequest {
+                group_id: group,
+                target_node: target,
+                from_node: from,
+                payload: encode(&req),
+            });
+            let inbound = client
+                .stream_append(tonic::Request::new(outbound))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let replies = inbound.map(|item| match item {
+                Ok(reply) => decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(|e| {
+                    RPCError::Network(NetworkError::from_string(format!("malformed reply: {e}")))
+                }),
+                Err(status) => Err(status_error(status)),
+            });
+            let replies: BoxStream<'s, _> = Box::pin(replies);
+            Ok(replies)
+        }
+        .boxed()
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+        })?;
+        let (group, target, from) = (self.group.0, self.target, self.from.0);
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let chunk = move |header: Vec<u8>, data: Vec<u8>, done: bool| SnapshotChunk {
+            group_id: group,
+            target_node: target,
+            from_node: from,
+            header,
+            data,
+            done,
+        };
+        let chunk_bytes = self.chunk_bytes;
+        let producer = async move {
+            tx.send(chunk(header, Vec::new(), false))
+                .await
+                .map_err(|_| std::io::Error::other("receiver closed the snapshot stream"))?;
+            snapshot
+                .snapshot
+                .for_each_chunk(chunk_bytes, |data| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send(chunk(Vec::new(), data.to_vec(), false))
+                            .await
+                            .map_err(|_| std::io::Error::other("receiver closed the snapshot stream"))
+                    }
+                })
+                .await?;
+            tx.send(chunk(Vec::new(), Vec::new(), true))
+                .await
+                .map_err(|_| std::io::Error::other("receiver closed the snapshot stream"))
+        };
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let transfer = futures::future::join(call, producer);
+        let (reply, produced) = tokio::select! {
+            r = transfer => r,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let reply = reply
+            .map_err(|s| StreamingError::Unreachable(Unreachable::from_string(s.to_string())))?
+            .into_inner();
+        produced.map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
+        let result: Result<SnapshotResponse<TypeConfig>, String> = decode(&reply.payload)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        result.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        self.unary(&req, &option, |mut c, r| async move { c.transfer_leader(r).await })
+            .await
+    }
+}
