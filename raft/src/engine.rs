@@ -187,6 +187,12 @@ impl RaftEngine {
         kind: &[u8],
     ) -> Result<Group, RaftError> {
         settings.validate()?;
+        if group.0 > keys::MAX_GROUP_ID {
+            return Err(RaftError::InvalidSettings {
+                key: "group_id".into(),
+                reason: format!("must be at most {}, got {}", keys::MAX_GROUP_ID, group.0),
+            });
+        }
         let _l = self.inner.lifecycle.lock().await;
         if self.group(group).is_ok() || self.is_registered(group)? {
             return Err(RaftError::GroupExists(group));

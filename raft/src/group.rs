@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::errors::ClientWriteError;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{ChangeMembers, ServerState};
 
 use crate::error::RaftError;
@@ -169,7 +170,7 @@ impl Group {
     }
 
     pub fn status(&self) -> GroupStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let role = match m.state {
             ServerState::Leader => Role::Leader,
             ServerState::Follower => Role::Follower,
@@ -185,7 +186,7 @@ impl Group {
             term: m.current_term,
             leader: m.current_leader.map(NodeId),
             last_log_index: m.last_log_index,
-            committed_index: m.committed.as_ref().map(|l| l.index),
+            committed_index: m.local_committed.as_ref().map(|l| l.index),
             applied_index: m.last_applied.as_ref().map(|l| l.index),
             purged_index: m.purged.as_ref().map(|l| l.index),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index),
@@ -200,7 +201,7 @@ impl Group {
 
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader.map(NodeId)
+        self.raft.metrics().borrow_watched().current_leader.map(NodeId)
     }
 
     /// Waits until this replica knows a leader, at most `timeout`.
@@ -208,7 +209,7 @@ impl Group {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if let Some(l) = rx.borrow().current_leader {
+                if let Some(l) = rx.borrow_watched().current_leader {
                     return Ok(NodeId(l));
                 }
                 if rx.changed().await.is_err() {
@@ -229,7 +230,7 @@ impl Group {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if rx.borrow().last_applied.as_ref().map(|l| l.index) >= Some(index) {
+                if rx.borrow_watched().last_applied.as_ref().map(|l| l.index) >= Some(index) {
                     return Ok(());
                 }
                 if rx.changed().await.is_err() {
@@ -336,7 +337,7 @@ impl Group {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if rx.borrow().current_leader == Some(to.0) {
+                if rx.borrow_watched().current_leader == Some(to.0) {
                     return Ok(());
                 }
                 if rx.changed().await.is_err() {

@@ -55,7 +55,7 @@ pub struct AppliedEntry {
 /// wrote, streamed in chunks from a point-in-time view. After a snapshot was installed, or when a
 /// group is opened, the engine calls `restore` so that in-memory state can be rebuilt from the
 /// stored data.
-pub trait StateMachine: Send + 'static {
+pub trait StateMachine: Send + Sync + 'static {
     /// Applies `entries` (in log order) and returns one response per entry.
     fn apply(
         &mut self,
@@ -111,8 +111,8 @@ openraft::declare_raft_types!(
 );
 
 pub(crate) type Raft = openraft::Raft<TypeConfig, crate::store::state_machine::GroupStateMachine>;
-pub(crate) type Entry = openraft::alias::EntryOf<TypeConfig>;
-pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;
-pub(crate) type Vote = openraft::alias::VoteOf<TypeConfig>;
-pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub(crate) type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub(crate) type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub(crate) type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub(crate) type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub(crate) type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub(crate) type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;

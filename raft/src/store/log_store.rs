@@ -30,16 +30,16 @@ impl GroupLogStore {
             None => keys::group_end(self.group),
         };
         let mut out = Vec::new();
-        let mut expected = start;
+        let mut expected: Option<u64> = None;
         self.store.scan(Family::RaftLog, &from, &to, |k, v| {
             let entry: Entry = decode(v, "raft_log entry")?;
             let index = keys::log_index_of(k)
                 .ok_or_else(|| crate::error::StorageError::corrupt("raft_log key", "short key"))?;
-            if index != expected || entry.log_id.index != index {
+            if entry.log_id.index != index || expected.is_some_and(|e| e != index) {
                 // A hole: stop at the first missing index, the caller sees a shorter result.
                 return Ok(false);
             }
-            expected += 1;
+            expected = Some(index + 1);
             out.push(entry);
             Ok(true)
         })?;

@@ -256,7 +256,7 @@ mod tests {
         encode_record(&mut buf, DataFamily::Records, b"k1", b"v1");
         encode_record(&mut buf, DataFamily::Controller, b"", b"longer value");
         assert_eq!(whole_records_len(&buf).ok(), Some(buf.len()));
-        assert_eq!(whole_records_len(&buf[..buf.len() - 1]).ok(), Some(11));
+        assert_eq!(whole_records_len(&buf[..buf.len() - 1]).ok(), Some(13));
         let ops = chunk_to_ops(GroupId(7), buf.freeze()).expect("valid chunk");
         assert_eq!(ops.len(), 2);
         match &ops[1] {

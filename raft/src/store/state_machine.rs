@@ -15,7 +15,7 @@ use crate::types::{
     TypeConfig,
 };
 
-type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 pub(crate) struct GroupStateMachine {
     store: NodeStore,

@@ -24,7 +24,7 @@ use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, PeerNode, TypeConfig, Vote};
 
 type RpcErr = RPCError<TypeConfig>;
-type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// Channels to peer nodes, shared by every group of this node. One HTTP/2 connection per peer.
 pub(crate) struct PeerPool {

@@ -160,7 +160,7 @@ impl RaftTransport for TransportHandler {
         tokio::fs::rename(&part, &done_path)
             .await
             .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+        let snapshot = openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
             snapshot: SnapshotData::Spooled(done_path.clone()),
         };
