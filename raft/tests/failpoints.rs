@@ -46,7 +46,13 @@ async fn committed_entries_survive_a_crash_between_write_and_sync() {
     let mut addrs = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        let parts: Vec<&str> = line.split_whitespace().collect();
+        // The test harness may print its own words before the child's on the same line.
+        let start = ["ACK ", "ADDR "]
+            .iter()
+            .filter_map(|tag| line.find(tag))
+            .min()
+            .unwrap_or(0);
+        let parts: Vec<&str> = line[start..].split_whitespace().collect();
         match parts.as_slice() {
             ["ACK", g, idx, data] => {
                 acked.insert((g.parse::<u64>().expect("group"), idx.parse::<u64>().expect("index"), data.to_string()));
