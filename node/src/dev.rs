@@ -80,7 +80,10 @@ impl DevCluster {
         let mut nodes = Vec::new();
         for i in 0..3u16 {
             let id = NodeId(u64::from(i) + 1);
-            let port = opts.base_port.checked_add(i).context("base port too high")?;
+            let port = opts
+                .base_port
+                .checked_add(i)
+                .context("base port too high")?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let dir = opts.data_dir.join(format!("node-{}", id.0));
             let config = EngineConfig::new(id, dir.clone());
@@ -128,7 +131,9 @@ impl DevCluster {
         for (i, (g, settings)) in ids.iter().enumerate() {
             for n in &self.nodes {
                 if n.engine.group(*g).is_err() {
-                    n.engine.create_group(*g, settings.clone(), b"entry-log").await?;
+                    n.engine
+                        .create_group(*g, settings.clone(), b"entry-log")
+                        .await?;
                 }
             }
             let first = &self.nodes[i % self.nodes.len()];
@@ -160,7 +165,9 @@ impl DevCluster {
                 out.push_str(&format!(
                     "group {:>3}: leader {:<6} term {:<4} committed {:?}\n",
                     g.0,
-                    s.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    s.leader
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     s.term,
                     s.committed_index
                 ));
@@ -190,7 +197,10 @@ impl DevCluster {
             let _ = n.stop.send(());
             n.engine.shutdown().await;
             let abort = n.server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), n.server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), n.server)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

@@ -54,7 +54,10 @@ async fn main() -> Result<()> {
                 base_port,
                 groups,
             };
-            println!("starting a 3-node cluster in {} ...", opts.data_dir.display());
+            println!(
+                "starting a 3-node cluster in {} ...",
+                opts.data_dir.display()
+            );
             let cluster = DevCluster::start(&opts).await?;
             let index = cluster
                 .write(CONTROLLER_GROUP, Bytes::from_static(b"dev cluster started"))

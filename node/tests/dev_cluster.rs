@@ -42,6 +42,9 @@ async fn dev_cluster_keeps_its_data_across_restarts() {
         .write(CONTROLLER_GROUP, Bytes::from_static(b"two"))
         .await
         .expect("write after restart");
-    assert!(second > first, "log index {second} after restart, {first} before");
+    assert!(
+        second > first,
+        "log index {second} after restart, {first} before"
+    );
     cluster.shutdown().await;
 }

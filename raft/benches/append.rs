@@ -74,13 +74,18 @@ async fn setup(groups: u64, mode: GroupCommit) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = EngineConfig::new(NodeId(1), dir.path());
     config.group_commit = mode;
-    let engine = RaftEngine::open(config, Arc::new(SinkFactory)).await.expect("engine");
+    let engine = RaftEngine::open(config, Arc::new(SinkFactory))
+        .await
+        .expect("engine");
     let ids: Vec<GroupId> = (1..=groups).map(GroupId).collect();
     let mut settings = GroupSettings::data_shard();
     // Keep the bench about appends, not snapshots.
     settings.snapshot_after_entries = 10_000_000;
     for g in &ids {
-        let group = engine.create_group(*g, settings.clone(), b"bench").await.expect("group");
+        let group = engine
+            .create_group(*g, settings.clone(), b"bench")
+            .await
+            .expect("group");
         group
             .initialize(BTreeMap::from([(NodeId(1), "127.0.0.1:1".to_string())]))
             .await
@@ -135,7 +140,10 @@ fn bench(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(1));
     for groups in [1u64, 10, 100] {
-        for (mode, name) in [(GroupCommit::On, "group_commit_on"), (GroupCommit::Off, "group_commit_off")] {
+        for (mode, name) in [
+            (GroupCommit::On, "group_commit_on"),
+            (GroupCommit::Off, "group_commit_off"),
+        ] {
             let s = rt.block_on(setup(groups, mode));
             g.bench_with_input(BenchmarkId::new(name, groups), &groups, |b, _| {
                 b.iter_custom(|iters| rt.block_on(run(&s, iters.max(groups))));
@@ -159,7 +167,9 @@ fn bench(c: &mut Criterion) {
     let probe_after = fsync_probe(probe_dir.path(), Duration::from_secs(3));
     println!();
     println!("fsync probe before: {probe:.0}/s, after: {probe_after:.0}/s");
-    println!("| mode | groups | committed entries/s (median of 3) | ratio to fsync probe | writes per batch | tasks per sync |");
+    println!(
+        "| mode | groups | committed entries/s (median of 3) | ratio to fsync probe | writes per batch | tasks per sync |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     let baseline = (probe + probe_after) / 2.0;
     for (name, groups, rate, st) in summary {

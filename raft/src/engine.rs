@@ -13,9 +13,7 @@ use crate::settings::{GroupSettings, TransportSettings};
 use crate::store::keys::{self, META_REGISTRATION};
 use crate::store::log_store::GroupLogStore;
 use crate::store::state_machine::{self, GroupStateMachine};
-use crate::store::{
-    Family, GroupCommit, GroupView, NodeStore, Op, WriterStats, decode, encode,
-};
+use crate::store::{Family, GroupCommit, GroupView, NodeStore, Op, WriterStats, decode, encode};
 use crate::transport::{GroupNetworkFactory, PeerPool, TransportHandler, TransportService};
 use crate::types::{GroupId, NodeId, Raft, StateMachine};
 
@@ -101,7 +99,9 @@ impl RaftEngine {
         let registered = engine.inner.store.registered_groups()?;
         for (group, raw) in registered {
             let reg: Registration = decode(&raw, "group registration")?;
-            if let Some(ops) = state_machine::recover_interrupted_install(&engine.inner.store, group)? {
+            if let Some(ops) =
+                state_machine::recover_interrupted_install(&engine.inner.store, group)?
+            {
                 tracing::warn!(group_id = %group, "snapshot install was interrupted; group restarts empty");
                 engine.inner.store.writer.write_durable(ops).await?;
             }
@@ -138,9 +138,7 @@ impl RaftEngine {
 
     async fn start(&self, group: GroupId, reg: &Registration) -> Result<Group, RaftError> {
         let inner = &self.inner;
-        let config = reg
-            .settings
-            .to_openraft(&format!("group-{group}"))?;
+        let config = reg.settings.to_openraft(&format!("group-{group}"))?;
         let app = inner.factory.create(group, &reg.kind)?;
         let sm = GroupStateMachine::new(
             inner.store.clone(),
@@ -323,9 +321,7 @@ impl RaftEngine {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        let stops = groups
-            .iter()
-            .map(|(id, g)| shutdown_raft(&g.raft, *id));
+        let stops = groups.iter().map(|(id, g)| shutdown_raft(&g.raft, *id));
         futures::future::join_all(stops).await;
         let store = self.inner.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;

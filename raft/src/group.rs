@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::errors::ClientWriteError;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ClientWriteError;
 use openraft::{ChangeMembers, ServerState};
 
 use crate::error::RaftError;
@@ -201,7 +201,11 @@ impl Group {
 
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader.map(NodeId)
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .map(NodeId)
     }
 
     /// Waits until this replica knows a leader, at most `timeout`.

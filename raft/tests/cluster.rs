@@ -105,7 +105,11 @@ async fn killing_a_leader_elects_another_and_writes_resume() {
         cluster.wait_applied_everywhere(*g, out.index, T).await;
         let entries = stored_entries(cluster.engine(leader).group(*g).expect("group").view());
         let data: Vec<&[u8]> = entries.iter().map(|(_, d)| d.as_slice()).collect();
-        assert_eq!(data, vec![b"before".as_slice(), b"after".as_slice()], "group {g}");
+        assert_eq!(
+            data,
+            vec![b"before".as_slice(), b"after".as_slice()],
+            "group {g}"
+        );
     }
     cluster.shutdown().await;
 }
@@ -137,7 +141,11 @@ async fn a_restarted_node_restores_every_group_with_every_committed_entry() {
         let group = cluster.engine(node).group(*g).expect("group");
         // Entries applied before the restart are read back from disk at once, before any
         // catch-up from the other replicas.
-        assert_eq!(stored_entries(group.view()), before[i], "group {g} right after restart");
+        assert_eq!(
+            stored_entries(group.view()),
+            before[i],
+            "group {g} right after restart"
+        );
         group.wait_applied(*idx, T).await.expect("applied");
         assert!(group.status().last_log_index >= Some(*idx), "group {g}");
         assert_eq!(stored_entries(group.view()), before[i], "group {g}");
@@ -152,7 +160,10 @@ async fn a_new_learner_catches_up_through_a_snapshot_after_the_log_was_purged() 
     let g = gs[0];
     let mut last = 0;
     for i in 0..50 {
-        last = cluster.write(g, Bytes::from(format!("r{i}")), T).await.index;
+        last = cluster
+            .write(g, Bytes::from(format!("r{i}")), T)
+            .await
+            .index;
     }
     cluster.wait_applied_everywhere(g, last, T).await;
     for id in cluster.ids() {
@@ -165,7 +176,10 @@ async fn a_new_learner_catches_up_through_a_snapshot_after_the_log_was_purged() 
         }
         group.purge_log(last).await.expect("purge");
         while group.status().purged_index < Some(last) {
-            assert!(std::time::Instant::now() < deadline, "log not purged on {id}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log not purged on {id}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -178,21 +192,34 @@ async fn a_new_learner_catches_up_through_a_snapshot_after_the_log_was_purged() 
         .expect("create on learner");
     let leader = cluster.leader_of(g, T).await;
     let lg = cluster.engine(leader).group(g).expect("group");
-    lg.add_learner(learner, cluster.addr(learner)).await.expect("add learner");
+    lg.add_learner(learner, cluster.addr(learner))
+        .await
+        .expect("add learner");
 
     let on_learner = cluster.engine(learner).group(g).expect("group");
-    on_learner.wait_applied(last, T).await.expect("learner applied");
+    on_learner
+        .wait_applied(last, T)
+        .await
+        .expect("learner applied");
     let status = on_learner.status();
     assert_eq!(status.role, Role::Learner);
     // The learner has no log below the snapshot: it got the entries through the snapshot.
-    assert!(status.purged_index >= Some(last) || status.snapshot_index >= Some(last), "{status:?}");
+    assert!(
+        status.purged_index >= Some(last) || status.snapshot_index >= Some(last),
+        "{status:?}"
+    );
     let expected = stored_entries(lg.view());
     assert_eq!(stored_entries(on_learner.view()), expected);
     assert_eq!(expected.len(), 50);
 
     // And it keeps up with new writes through the log.
-    let out = cluster.write(g, Bytes::from_static(b"after snapshot"), T).await;
-    on_learner.wait_applied(out.index, T).await.expect("applied");
+    let out = cluster
+        .write(g, Bytes::from_static(b"after snapshot"), T)
+        .await;
+    on_learner
+        .wait_applied(out.index, T)
+        .await
+        .expect("applied");
     assert_eq!(stored_entries(on_learner.view()).len(), 51);
     cluster.shutdown().await;
 }
@@ -235,7 +262,9 @@ async fn add_learner_promote_and_remove_change_the_membership() {
         .expect("create");
     let leader = cluster.leader_of(g, T).await;
     let lg = cluster.engine(leader).group(g).expect("group");
-    lg.add_learner(new, cluster.addr(new)).await.expect("learner");
+    lg.add_learner(new, cluster.addr(new))
+        .await
+        .expect("learner");
     assert!(lg.status().learners.contains(&new));
 
     lg.promote(BTreeSet::from([new])).await.expect("promote");
@@ -249,12 +278,21 @@ async fn add_learner_promote_and_remove_change_the_membership() {
         .expect("a third node");
     lg.remove(BTreeSet::from([removed])).await.expect("remove");
     let st = lg.status();
-    assert!(!st.voters.contains(&removed) && !st.learners.contains(&removed), "{st:?}");
+    assert!(
+        !st.voters.contains(&removed) && !st.learners.contains(&removed),
+        "{st:?}"
+    );
     assert_eq!(st.voters.len(), 3);
 
     // The group still commits with its new members.
     let out = cluster.write(g, Bytes::from_static(b"two"), T).await;
-    cluster.engine(new).group(g).expect("group").wait_applied(out.index, T).await.expect("new member applied");
+    cluster
+        .engine(new)
+        .group(g)
+        .expect("group")
+        .wait_applied(out.index, T)
+        .await
+        .expect("new member applied");
 
     cluster.shutdown().await;
 }

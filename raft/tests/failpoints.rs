@@ -55,15 +55,26 @@ async fn committed_entries_survive_a_crash_between_write_and_sync() {
         let parts: Vec<&str> = line[start..].split_whitespace().collect();
         match parts.as_slice() {
             ["ACK", g, idx, data] => {
-                acked.insert((g.parse::<u64>().expect("group"), idx.parse::<u64>().expect("index"), data.to_string()));
+                acked.insert((
+                    g.parse::<u64>().expect("group"),
+                    idx.parse::<u64>().expect("index"),
+                    data.to_string(),
+                ));
             }
             ["ADDR", id, addr] => addrs.push((id.parse::<u64>().expect("id"), addr.to_string())),
             _ => {}
         }
     }
     let status = child.wait().expect("child exit");
-    assert!(!status.success(), "the child must die at the failpoint, it exited {status}");
-    assert!(acked.len() > 20, "the child acknowledged only {} writes", acked.len());
+    assert!(
+        !status.success(),
+        "the child must die at the failpoint, it exited {status}"
+    );
+    assert!(
+        acked.len() > 20,
+        "the child acknowledged only {} writes",
+        acked.len()
+    );
 
     // Start the same three nodes again from their data directories and addresses.
     let cluster = TestCluster::reopen(tmp.path(), &addrs).await;
@@ -72,7 +83,9 @@ async fn committed_entries_survive_a_crash_between_write_and_sync() {
         let leader = cluster.leader_of(*g, T).await;
         let group = cluster.engine(leader).group(*g).expect("group");
         // A write in the new term commits everything before it.
-        let out = cluster.write(*g, Bytes::from_static(b"after-crash"), T).await;
+        let out = cluster
+            .write(*g, Bytes::from_static(b"after-crash"), T)
+            .await;
         group.wait_applied(out.index, T).await.expect("applied");
         let stored: BTreeSet<(u64, String)> = stored_entries(group.view())
             .into_iter()
@@ -110,6 +123,7 @@ async fn child(dir: std::path::PathBuf) {
         }
     });
     // Runs until the failpoint aborts the process.
-    let _ = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(writers)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(writers)).await;
     panic!("the failpoint never fired");
 }

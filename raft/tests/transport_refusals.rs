@@ -34,43 +34,73 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
     };
 
     // A group this node does not host.
-    let err = client.vote(req(999, 1, vec![])).await.expect_err("unknown group");
+    let err = client
+        .vote(req(999, 1, vec![]))
+        .await
+        .expect_err("unknown group");
     assert_eq!(err.code(), Code::NotFound, "{err}");
     assert!(err.message().contains("group 999"), "{err}");
 
     // A message addressed to another node.
-    let err = client.vote(req(1, 3, vec![])).await.expect_err("wrong node");
+    let err = client
+        .vote(req(1, 3, vec![]))
+        .await
+        .expect_err("wrong node");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("node 3"), "{err}");
 
     // A payload that does not decode, on every unary call.
     let garbage = vec![0xff; 37];
-    let err = client.vote(req(1, 1, garbage.clone())).await.expect_err("garbage");
+    let err = client
+        .vote(req(1, 1, garbage.clone()))
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    let err = client.pre_vote(req(1, 1, garbage.clone())).await.expect_err("garbage");
+    let err = client
+        .pre_vote(req(1, 1, garbage.clone()))
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    let err = client.append_entries(req(1, 1, garbage.clone())).await.expect_err("garbage");
+    let err = client
+        .append_entries(req(1, 1, garbage.clone()))
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    let err = client.transfer_leader(req(1, 1, garbage.clone())).await.expect_err("garbage");
+    let err = client
+        .transfer_leader(req(1, 1, garbage.clone()))
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     // A truncated payload: a length prefix that promises more than is there.
     let mut lying = vec![0u8; 16];
     lying[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-    let err = client.append_entries(req(1, 1, lying)).await.expect_err("lying length");
+    let err = client
+        .append_entries(req(1, 1, lying))
+        .await
+        .expect_err("lying length");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     // A message larger than the limit.
     let huge = vec![0u8; 65 << 20];
-    let err = client.append_entries(req(1, 1, huge)).await.expect_err("oversized");
+    let err = client
+        .append_entries(req(1, 1, huge))
+        .await
+        .expect_err("oversized");
     assert!(
-        matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange | Code::Internal),
+        matches!(
+            err.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::Internal
+        ),
         "{err}"
     );
 
     // A replication stream whose first message is garbage.
     let stream = futures::stream::iter(vec![req(1, 1, garbage.clone())]);
-    let err = client.stream_append(stream).await.expect_err("garbage stream");
+    let err = client
+        .stream_append(stream)
+        .await
+        .expect_err("garbage stream");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     // A snapshot whose header is garbage, and one that stops before its last chunk.
@@ -95,7 +125,9 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
 
     // The node still serves every group: writes commit and reach all three replicas.
     for g in &gs {
-        let out = cluster.write(*g, Bytes::from_static(b"still here"), T).await;
+        let out = cluster
+            .write(*g, Bytes::from_static(b"still here"), T)
+            .await;
         cluster.wait_applied_everywhere(*g, out.index, T).await;
     }
     cluster.shutdown().await;

@@ -32,8 +32,10 @@ struct Builder;
 impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, GroupLogStore, GroupStateMachine), openraft::StorageError<TypeConfig>>
-    {
+    ) -> Result<
+        (tempfile::TempDir, GroupLogStore, GroupStateMachine),
+        openraft::StorageError<TypeConfig>,
+    > {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = NodeStore::open(dir.path(), GroupCommit::On).expect("open store");
         // A group id other than 0, so that keys of neighbouring groups would show up in any

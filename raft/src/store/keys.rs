@@ -81,5 +81,4 @@ mod tests {
         assert_eq!(log_index_of(&b), Some(301));
         assert_eq!(group_of(&c), Some(GroupId(2)));
     }
-
 }

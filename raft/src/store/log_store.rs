@@ -4,8 +4,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use super::{Family, NodeStore, Op, WriteTask, decode, encode};
@@ -53,11 +53,9 @@ impl GroupLogStore {
         ro.set_iterate_upper_bound(keys::group_end(self.group));
         let mut it = inner.db.raw_iterator_cf_opt(inner.cf(Family::RaftLog), ro);
         it.seek_to_last();
-        if it.valid() {
-            if let Some(v) = it.value() {
-                let entry: Entry = decode(v, "raft_log entry")?;
-                return Ok(Some(entry.log_id));
-            }
+        if let Some(v) = it.value().filter(|_| it.valid()) {
+            let entry: Entry = decode(v, "raft_log entry")?;
+            return Ok(Some(entry.log_id));
         }
         it.status().map_err(io::Error::other)?;
         Ok(None)
@@ -84,10 +82,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = bounds(&range);
-        if let Some(end) = end {
-            if end <= start {
-                return Ok(Vec::new());
-            }
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
         }
         self.read_entries(start, end)
     }
@@ -106,7 +102,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let last_purged: Option<LogId> = self
             .store
             .get_value(Family::RaftMeta, &keys::meta_key(self.group, META_PURGED))?;
-        let last = self.last_log_id()?.or_else(|| last_purged.clone());
+        let last = self.last_log_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -137,13 +133,18 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let v: Option<Option<LogId>> = self
-            .store
-            .get_value(Family::RaftMeta, &keys::meta_key(self.group, META_COMMITTED))?;
+        let v: Option<Option<LogId>> = self.store.get_value(
+            Family::RaftMeta,
+            &keys::meta_key(self.group, META_COMMITTED),
+        )?;
         Ok(v.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

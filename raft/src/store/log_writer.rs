@@ -160,7 +160,8 @@ impl LogWriter {
     /// Stops both threads after everything queued so far was written and synced.
     pub(crate) fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }
@@ -289,7 +290,10 @@ fn sync_wal(store: &StoreInner, shared: &Shared) -> Result<(), StorageError> {
     match store.db.flush_wal(true) {
         Ok(()) => {
             shared.stats.lock().unwrap_or_else(|e| e.into_inner()).syncs += 1;
-            tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "wal synced");
+            tracing::trace!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "wal synced"
+            );
             Ok(())
         }
         Err(e) => {
@@ -312,4 +316,3 @@ impl CloneErr for Result<(), StorageError> {
         }
     }
 }
-

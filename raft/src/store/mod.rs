@@ -1,12 +1,12 @@
 //! The node's one RocksDB, shared by every group it hosts.
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod keys;
 pub(crate) mod log_store;
 mod log_writer;
 pub(crate) mod snapshot;
 pub(crate) mod state_machine;
-#[cfg(test)]
-mod conformance;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,8 +41,11 @@ pub enum DataFamily {
 }
 
 impl DataFamily {
-    pub(crate) const ALL: [DataFamily; 3] =
-        [DataFamily::Records, DataFamily::ShardMeta, DataFamily::Controller];
+    pub(crate) const ALL: [DataFamily; 3] = [
+        DataFamily::Records,
+        DataFamily::ShardMeta,
+        DataFamily::Controller,
+    ];
 
     pub(crate) fn code(self) -> u8 {
         match self {
@@ -127,7 +130,9 @@ pub struct NodeStore {
 
 impl std::fmt::Debug for NodeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeStore").field("path", &self.inner.path).finish()
+        f.debug_struct("NodeStore")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -280,8 +285,10 @@ impl GroupBatch {
     }
 
     pub fn delete(&mut self, family: DataFamily, key: &[u8]) {
-        self.ops
-            .push(Op::Delete(Family::Data(family), keys::data_key(self.group, key)));
+        self.ops.push(Op::Delete(
+            Family::Data(family),
+            keys::data_key(self.group, key),
+        ));
     }
 
     /// Deletes every key in `[from, to)` of the group's part of `family`.
@@ -299,6 +306,9 @@ impl GroupBatch {
     }
 }
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Read access to one group's state-machine data. Reads see every entry applied so far.
 #[derive(Clone)]
 pub struct GroupView {
@@ -308,7 +318,9 @@ pub struct GroupView {
 
 impl std::fmt::Debug for GroupView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupView").field("group", &self.group).finish()
+        f.debug_struct("GroupView")
+            .field("group", &self.group)
+            .finish()
     }
 }
 
@@ -351,7 +363,7 @@ impl GroupView {
         family: DataFamily,
         from: &[u8],
         to: Option<&[u8]>,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Option<KeyValue>, StorageError> {
         let start = keys::data_key(self.group, from);
         let end = match to {
             Some(to) => keys::data_key(self.group, to),
@@ -361,7 +373,9 @@ impl GroupView {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_lower_bound(start);
         ro.set_iterate_upper_bound(end);
-        let mut it = inner.db.raw_iterator_cf_opt(inner.cf(Family::Data(family)), ro);
+        let mut it = inner
+            .db
+            .raw_iterator_cf_opt(inner.cf(Family::Data(family)), ro);
         it.seek_to_last();
         if it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {

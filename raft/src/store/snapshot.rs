@@ -135,7 +135,8 @@ pub(crate) fn encode_record(buf: &mut BytesMut, family: DataFamily, key: &[u8], 
 
 /// Decodes a chunk into write ops for `group`.
 pub(crate) fn chunk_to_ops(group: GroupId, mut chunk: Bytes) -> io::Result<Vec<Op>> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot chunk: {why}"));
+    let bad =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot chunk: {why}"));
     let mut ops = Vec::new();
     while chunk.has_remaining() {
         if chunk.remaining() < 5 {
@@ -192,12 +193,13 @@ pub(crate) async fn live_snapshot(
         let inner = &store.inner;
         let snap = inner.db.snapshot();
         let sm_meta = inner.cf(Family::SmMeta);
-        let meta = read_applied(|k| Ok(snap.get_cf(sm_meta, k)?), group).map(
-            |(applied, membership)| SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-            },
-        );
+        let meta =
+            read_applied(|k| Ok(snap.get_cf(sm_meta, k)?), group).map(|(applied, membership)| {
+                SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                }
+            });
         let ok = meta.is_ok();
         let _ = meta_tx.send(meta.map_err(io::Error::from));
         if !ok || start_rx.blocking_recv().is_err() {
@@ -211,7 +213,10 @@ pub(crate) async fn live_snapshot(
             let it = snap.iterator_cf_opt(
                 inner.cf(Family::Data(family)),
                 ro,
-                rocksdb::IteratorMode::From(&keys::group_prefix(group), rocksdb::Direction::Forward),
+                rocksdb::IteratorMode::From(
+                    &keys::group_prefix(group),
+                    rocksdb::Direction::Forward,
+                ),
             );
             for item in it {
                 let (k, v) = match item {
@@ -223,13 +228,19 @@ pub(crate) async fn live_snapshot(
                 };
                 encode_record(&mut buf, family, &k[keys::GROUP_PREFIX_LEN..], &v);
                 if buf.len() >= chunk_bytes
-                    && tx.blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze()))).is_err()
+                    && tx
+                        .blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze())))
+                        .is_err()
                 {
                     return;
                 }
             }
         }
-        if !buf.is_empty() && tx.blocking_send(Ok(SnapshotFrame::Data(buf.freeze()))).is_err() {
+        if !buf.is_empty()
+            && tx
+                .blocking_send(Ok(SnapshotFrame::Data(buf.freeze())))
+                .is_err()
+        {
             return;
         }
         let _ = tx.blocking_send(Ok(SnapshotFrame::End));

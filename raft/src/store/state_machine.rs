@@ -53,7 +53,11 @@ impl GroupStateMachine {
     /// Ops that reset the group's state machine to empty, marking an install in progress.
     fn begin_install_ops(group: GroupId) -> Vec<Op> {
         let mut ops = vec![
-            Op::Put(Family::SmMeta, keys::meta_key(group, SM_INSTALLING).to_vec(), vec![1]),
+            Op::Put(
+                Family::SmMeta,
+                keys::meta_key(group, SM_INSTALLING).to_vec(),
+                vec![1],
+            ),
             Op::Delete(Family::SmMeta, keys::meta_key(group, SM_APPLIED).to_vec()),
         ];
         for f in DataFamily::ALL {
@@ -85,8 +89,14 @@ pub(crate) fn recover_interrupted_install(
     let mut ops = vec![
         Op::DeleteRange(Family::RaftLog, from.clone(), to.clone()),
         Op::DeleteRange(Family::SmMeta, from.clone(), to.clone()),
-        Op::Delete(Family::RaftMeta, keys::meta_key(group, keys::META_PURGED).to_vec()),
-        Op::Delete(Family::RaftMeta, keys::meta_key(group, keys::META_COMMITTED).to_vec()),
+        Op::Delete(
+            Family::RaftMeta,
+            keys::meta_key(group, keys::META_PURGED).to_vec(),
+        ),
+        Op::Delete(
+            Family::RaftMeta,
+            keys::meta_key(group, keys::META_COMMITTED).to_vec(),
+        ),
     ];
     for f in DataFamily::ALL {
         ops.push(Op::DeleteRange(Family::Data(f), from.clone(), to.clone()));
@@ -127,7 +137,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         while let Some(item) = entries.next().await {
             items.push(item?);
         }
-        let Some(last) = items.last().map(|(e, _)| e.log_id.clone()) else {
+        let Some(last) = items.last().map(|(e, _)| e.log_id) else {
             return Ok(());
         };
 
@@ -142,7 +152,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     data: data.0.clone(),
                 }),
                 EntryPayload::Membership(m) => {
-                    membership = Some(OrStoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                    membership = Some(OrStoredMembership::new(Some(entry.log_id), m.clone()));
                 }
             }
         }
@@ -232,7 +242,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 keys::meta_key(group, SM_MEMBERSHIP).to_vec(),
                 encode(&meta.last_membership),
             ),
-            Op::Delete(Family::SmMeta, keys::meta_key(group, SM_INSTALLING).to_vec()),
+            Op::Delete(
+                Family::SmMeta,
+                keys::meta_key(group, SM_INSTALLING).to_vec(),
+            ),
         ];
         self.store.writer.write(ops).await?;
         self.app.restore(&self.view)?;

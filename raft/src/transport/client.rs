@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use openraft::OptionalSend;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -13,7 +14,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::OptionalSend;
 use tonic::transport::{Channel, Endpoint};
 
 use super::pb::raft_transport_client::RaftTransportClient;
@@ -121,8 +121,12 @@ fn status_error(status: tonic::Status) -> RpcErr {
     use tonic::Code;
     match status.code() {
         // The peer is there but cannot take this message now: back off before retrying.
-        Code::Unavailable | Code::NotFound | Code::FailedPrecondition | Code::Cancelled
-        | Code::DeadlineExceeded | Code::Unknown => unreachable(format!("{status}")),
+        Code::Unavailable
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Unknown => unreachable(format!("{status}")),
         _ => RPCError::Network(NetworkError::from_string(format!("{status}"))),
     }
 }
@@ -157,11 +161,17 @@ impl PeerClient {
         let deadline = option.hard_ttl().min(self.rpc_timeout);
         let reply = tokio::time::timeout(deadline, call(self.client()?, request))
             .await
-            .map_err(|_| unreachable(format!("no answer from node {} within {deadline:?}", self.target)))?
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer from node {} within {deadline:?}",
+                    self.target
+                ))
+            })?
             .map_err(status_error)?
             .into_inner();
-        let result: Result<Resp, String> = decode(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(format!("malformed reply: {e}"))))?;
+        let result: Result<Resp, String> = decode(&reply.payload).map_err(|e| {
+            RPCError::Network(NetworkError::from_string(format!("malformed reply: {e}")))
+        })?;
         result.map_err(|remote| unreachable(format!("node {} refused: {remote}", self.target)))
     }
 }
@@ -174,8 +184,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.unary(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     fn stream_append<'s, S>(
@@ -184,7 +196,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
     where
-        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
     {
         let (group, target, from) = (self.group.0, self.target, self.from.0);
         let client = self.client();
@@ -202,9 +217,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .map_err(status_error)?
                 .into_inner();
             let replies = inbound.map(|item| match item {
-                Ok(reply) => decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(|e| {
-                    RPCError::Network(NetworkError::from_string(format!("malformed reply: {e}")))
-                }),
+                Ok(reply) => {
+                    decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(|e| {
+                        RPCError::Network(NetworkError::from_string(format!(
+                            "malformed reply: {e}"
+                        )))
+                    })
+                }
                 Err(status) => Err(status_error(status)),
             });
             let replies: BoxStream<'s, _> = Box::pin(replies);
@@ -265,7 +284,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     async move {
                         tx.send(chunk(Vec::new(), data.to_vec(), false))
                             .await
-                            .map_err(|_| std::io::Error::other("receiver closed the snapshot stream"))
+                            .map_err(|_| {
+                                std::io::Error::other("receiver closed the snapshot stream")
+                            })
                     }
                 })
                 .await?;
@@ -293,7 +314,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
-        self.unary(&req, &option, |mut c, r| async move { c.transfer_leader(r).await })
-            .await
+        self.unary(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 }

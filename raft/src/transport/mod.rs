@@ -24,7 +24,8 @@ pub mod pb {
 }
 
 /// The tonic service a node serves for its peers; add it to the node's gRPC server.
-pub type TransportService = pb::raft_transport_server::RaftTransportServer<server::TransportHandler>;
+pub type TransportService =
+    pb::raft_transport_server::RaftTransportServer<server::TransportHandler>;
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("transport messages always serialize")

@@ -201,9 +201,10 @@ async fn spool(
         if chunk.done {
             break;
         }
-        chunk = inbound.message().await?.ok_or_else(|| {
-            Status::aborted("snapshot stream ended before its last chunk")
-        })?;
+        chunk = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::aborted("snapshot stream ended before its last chunk"))?;
     }
     file.flush().await.map_err(io)?;
     Ok(())

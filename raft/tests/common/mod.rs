@@ -121,7 +121,11 @@ impl TestCluster {
             root: root.to_path_buf(),
         };
         for (id, addr) in nodes {
-            assert_eq!(*id, cluster.nodes.len() as u64 + 1, "node ids are 1..=n in order");
+            assert_eq!(
+                *id,
+                cluster.nodes.len() as u64 + 1,
+                "node ids are 1..=n in order"
+            );
             cluster.nodes.push(TestNode {
                 id: NodeId(*id),
                 dir: root.join(format!("node-{id}")),
@@ -234,7 +238,10 @@ impl TestCluster {
         let _ = tx.send(());
         engine.shutdown().await;
         let abort = handle.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), handle).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -247,8 +254,7 @@ impl TestCluster {
 
     /// Creates `groups` on every node of `members` and forms each with them as voters.
     pub async fn create_groups(&self, groups: &[GroupId], members: &[NodeId]) {
-        let addrs: BTreeMap<NodeId, String> =
-            members.iter().map(|m| (*m, self.addr(*m))).collect();
+        let addrs: BTreeMap<NodeId, String> = members.iter().map(|m| (*m, self.addr(*m))).collect();
         for g in groups {
             for m in members {
                 self.engine(*m)
@@ -274,10 +280,10 @@ impl TestCluster {
         let deadline = Instant::now() + timeout;
         loop {
             for id in self.live_ids() {
-                if let Ok(g) = self.engine(id).group(group) {
-                    if g.leader() == Some(id) {
-                        return id;
-                    }
+                if let Ok(g) = self.engine(id).group(group)
+                    && g.leader() == Some(id)
+                {
+                    return id;
                 }
             }
             assert!(
@@ -295,12 +301,21 @@ impl TestCluster {
             let leader = self
                 .leader_of(group, deadline.saturating_duration_since(Instant::now()))
                 .await;
-            match self.engine(leader).group(group).expect("group").write(data.clone()).await {
+            match self
+                .engine(leader)
+                .group(group)
+                .expect("group")
+                .write(data.clone())
+                .await
+            {
                 Ok(o) => return o,
                 Err(RaftError::NotLeader { .. }) | Err(RaftError::Stopped { .. }) => {}
                 Err(e) => panic!("write to group {group}: {e}"),
             }
-            assert!(Instant::now() < deadline, "write to group {group} timed out");
+            assert!(
+                Instant::now() < deadline,
+                "write to group {group} timed out"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
