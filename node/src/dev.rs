@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use riptide_raft::{
     AppliedEntry, DataFamily, EngineConfig, GroupBatch, GroupId, GroupSettings, GroupView, NodeId,
-    RaftEngine, StateMachine, StateMachineFactory, StorageError, TransportSettings,
+    RaftEngine, RaftError, StateMachine, StateMachineFactory, StorageError, TransportSettings,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -176,19 +176,28 @@ impl DevCluster {
         out
     }
 
-    /// Writes `data` to `group` through its leader.
+    /// Writes `data` to `group` through its leader, following leader changes for up to 30
+    /// seconds (after a restart the groups first elect their leaders again).
     pub async fn write(&self, group: GroupId, data: Bytes) -> Result<u64> {
-        let leader = self.nodes[0]
-            .engine
-            .group(group)?
-            .wait_for_leader(Duration::from_secs(10))
-            .await?;
-        let node = self
-            .nodes
-            .iter()
-            .find(|n| n.engine.node_id() == leader)
-            .context("leader is not one of the dev nodes")?;
-        Ok(node.engine.group(group)?.write(data).await?.index)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // A replica that reports itself as leader; others may still remember an old one.
+            let leader = self.nodes.iter().find_map(|n| {
+                let g = n.engine.group(group).ok()?;
+                (g.leader() == Some(n.engine.node_id())).then_some(g)
+            });
+            if let Some(g) = leader {
+                match g.write(data.clone()).await {
+                    Ok(out) => return Ok(out.index),
+                    Err(RaftError::NotLeader { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("group {group} has no leader that accepts writes after 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops every node: servers first, then groups, then storage (after a final sync).
