@@ -29,22 +29,33 @@ impl StateMachine for NoopMachine {
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDir> for Builder {
+/// Keeps a test's store alive and closes it deterministically: the log writer's threads are
+/// joined and the database is closed before the test returns, never at process exit.
+struct StoreGuard {
+    store: NodeStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        self.store.shutdown();
+    }
+}
+
+impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, StoreGuard> for Builder {
     async fn build(
         &self,
-    ) -> Result<
-        (tempfile::TempDir, GroupLogStore, GroupStateMachine),
-        openraft::StorageError<TypeConfig>,
-    > {
+    ) -> Result<(StoreGuard, GroupLogStore, GroupStateMachine), openraft::StorageError<TypeConfig>>
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = NodeStore::open(dir.path(), GroupCommit::On).expect("open store");
         // A group id other than 0, so that keys of neighbouring groups would show up in any
         // range that is off by one.
         let group = GroupId(42);
         let log = GroupLogStore::new(store.clone(), group);
-        let sm = GroupStateMachine::new(store, group, Box::new(NoopMachine), 64 << 10)
+        let sm = GroupStateMachine::new(store.clone(), group, Box::new(NoopMachine), 64 << 10)
             .expect("state machine");
-        Ok((dir, log, sm))
+        Ok((StoreGuard { store, _dir: dir }, log, sm))
     }
 }
 
