@@ -11,16 +11,27 @@ use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use super::{Family, NodeStore, Op, WriteTask, decode, encode};
 use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 
+/// The committed log id is written at most once per this many entries. It only speeds up
+/// recovery (entries up to it are applied again before the group rejoins), so an older value
+/// after a crash is safe.
+const COMMITTED_SAVE_EVERY: u64 = 128;
+
 /// Log storage of one group. Clones share the same data.
 #[derive(Clone)]
 pub(crate) struct GroupLogStore {
     store: NodeStore,
     group: GroupId,
+    /// Index of the committed log id last written, plus one (0: none written yet).
+    committed_saved: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GroupLogStore {
     pub(crate) fn new(store: NodeStore, group: GroupId) -> Self {
-        Self { store, group }
+        Self {
+            store,
+            group,
+            committed_saved: Default::default(),
+        }
     }
 
     fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, io::Error> {
@@ -124,6 +135,13 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        use std::sync::atomic::Ordering;
+        let next = committed.map(|c| c.index + 1).unwrap_or(0);
+        let saved = self.committed_saved.load(Ordering::Relaxed);
+        if saved != 0 && next < saved + COMMITTED_SAVE_EVERY {
+            return Ok(());
+        }
+        self.committed_saved.store(next.max(1), Ordering::Relaxed);
         let key = keys::meta_key(self.group, META_COMMITTED).to_vec();
         self.store
             .writer
