@@ -1,6 +1,20 @@
-//! riptide-proto: the native gRPC API of Riptide (stream and admin services), its id newtypes
-//! and its error codes.
+//! riptide-proto: the native gRPC API of Riptide (the stream and admin services), its id
+//! newtypes, its error codes, and the hash-key routing every client and node agree on.
 //!
-//! This crate holds only message and service definitions and their mappings; it runs no tasks
-//! and depends on no other Riptide crate. The stream and admin services arrive with the streams
-//! work; until then the crate is empty so that the workspace layout is in place.
+//! This crate holds only message and service definitions and pure functions over them; it runs
+//! no tasks and depends on no other Riptide crate, so that the client can use it without the
+//! engine, the node or RocksDB.
+
+pub mod error;
+pub mod ids;
+pub mod routing;
+
+/// Messages and services generated from `proto/riptide.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("riptide.v1");
+}
+
+pub use error::{ErrorCode, status_code};
+pub use ids::{IdError, SequenceNumber, ShardId, StreamName};
+pub use routing::{HashKeyRange, hash_key_of, parse_hash_key, shard_for, split_hash_space};
