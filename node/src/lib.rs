@@ -1,6 +1,14 @@
-//! riptide-node: the `riptide` binary's library. Today it holds the local development cluster
-//! ([`dev`]); the stream service, the controller and the Kinesis gateway come next.
+//! riptide-node: the `riptide` binary's library: the node server (`riptide node`, `riptide
+//! dev`), the controller group, the shard state machine, placement, and the gRPC services.
 //!
-//! Depends on riptide-raft for replication and storage; never on RocksDB or openraft directly.
+//! Depends on riptide-raft for replication and storage and on riptide-proto for the API; never
+//! on RocksDB or openraft directly.
 
+pub mod clock;
+pub mod config;
+pub mod controller;
 pub mod dev;
+pub mod error;
+pub mod server;
+pub mod shard;
+pub mod validate;

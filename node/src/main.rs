@@ -1,11 +1,14 @@
 //! The `riptide` command.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use riptide_node::dev::{CONTROLLER_GROUP, DevCluster, DevOptions};
+use riptide_node::clock::SystemClock;
+use riptide_node::config::{ConfigOverrides, NodeConfig};
+use riptide_node::dev::{DevCluster, DevOptions};
+use riptide_node::server::Node;
 
 /// Riptide: a self-hosted streaming log store in the mould of Amazon Kinesis.
 #[derive(Debug, Parser)]
@@ -20,18 +23,58 @@ enum Command {
     /// Run a local three-node cluster in this process, on 127.0.0.1, until Ctrl-C.
     ///
     /// The nodes keep their data under --data-dir; starting again with the same folder
-    /// brings every group back with every committed entry.
+    /// brings every stream and record back.
     Dev {
         /// Folder for the three nodes' data directories.
         #[arg(long, default_value = "riptide-dev-data", env = "RIPTIDE_DEV_DATA_DIR")]
         data_dir: PathBuf,
-        /// Transport port of node 1; nodes 2 and 3 use the next two ports.
+        /// Port of node 1; nodes 2 and 3 use the next two ports.
         #[arg(long, default_value_t = 7101, env = "RIPTIDE_DEV_BASE_PORT")]
         base_port: u16,
-        /// Data groups to run besides the controller group.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=1000))]
-        groups: u64,
     },
+    /// Run one node of a cluster.
+    ///
+    /// Settings come from --config (TOML; deploy/config-template.toml lists every key), then
+    /// RIPTIDE_* environment variables, then these flags. To form a new cluster give every node
+    /// the same --initial-cluster; to add a node to a running cluster give it --join.
+    ///
+    /// Example: riptide node --node-id 1 --listen 127.0.0.1:7101 --data-dir /var/lib/riptide \
+    ///            --initial-cluster 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103
+    Node {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's id, unique in the cluster (at least 1).
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// Address to bind, host:port.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Address other nodes and clients use, when it differs from --listen.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Folder for the node's data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Region label, for placing replicas.
+        #[arg(long)]
+        region: Option<String>,
+        /// Zone label, for placing replicas.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Members of a new cluster: id=host:port, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        initial_cluster: Option<Vec<String>>,
+        /// Address of any node of a running cluster to join.
+        #[arg(long)]
+        join: Option<String>,
+    },
+}
+
+async fn until_ctrl_c() -> Result<()> {
+    tokio::signal::ctrl_c().await?;
+    println!("stopping ...");
+    Ok(())
 }
 
 #[tokio::main]
@@ -39,7 +82,7 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,riptide=info".into()),
+                .unwrap_or_else(|_| "warn,riptide_node=info".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -47,27 +90,49 @@ async fn main() -> Result<()> {
         Command::Dev {
             data_dir,
             base_port,
-            groups,
         } => {
             let opts = DevOptions {
                 data_dir,
                 base_port,
-                groups,
             };
             println!(
                 "starting a 3-node cluster in {} ...",
                 opts.data_dir.display()
             );
             let cluster = DevCluster::start(&opts).await?;
-            let index = cluster
-                .write(CONTROLLER_GROUP, Bytes::from_static(b"dev cluster started"))
-                .await?;
             println!("{}", cluster.describe());
-            println!("wrote a start marker to group 0 at index {index}; press Ctrl-C to stop");
-            tokio::signal::ctrl_c().await?;
-            println!("stopping ...");
+            println!("press Ctrl-C to stop");
+            until_ctrl_c().await?;
             cluster.shutdown().await;
             println!("stopped; data kept in {}", opts.data_dir.display());
+        }
+        Command::Node {
+            config,
+            node_id,
+            listen,
+            advertise,
+            data_dir,
+            region,
+            zone,
+            initial_cluster,
+            join,
+        } => {
+            let overrides = ConfigOverrides {
+                node_id,
+                listen,
+                advertise,
+                data_dir,
+                region,
+                zone,
+                initial_cluster,
+                join,
+            };
+            let config = NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok(), overrides)
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let node = Node::start(config, Arc::new(SystemClock)).await?;
+            println!("node {} listening on http://{}", node.id(), node.addr());
+            until_ctrl_c().await?;
+            node.shutdown().await;
         }
     }
     Ok(())

@@ -1,10 +1,13 @@
-//! The development cluster starts, commits, stops and comes back with its data.
+//! The development cluster starts, takes records, stops, and comes back with its data.
 
-use bytes::Bytes;
-use riptide_node::dev::{CONTROLLER_GROUP, DevCluster, DevOptions};
+use std::time::Duration;
+
+use riptide_node::dev::{DevCluster, DevOptions};
+use riptide_proto::v1::stream_service_client::StreamServiceClient;
+use riptide_proto::v1::{self, ShardIteratorType, StreamStatus};
 
 fn free_base_port() -> u16 {
-    // Three consecutive free ports: take one and hope the next two are free too, retrying.
+    // Three consecutive free ports: take one and check that the next two are free too.
     for _ in 0..50 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let p = l.local_addr().expect("addr").port();
@@ -19,32 +22,100 @@ fn free_base_port() -> u16 {
     panic!("no three consecutive free ports");
 }
 
+async fn wait_active(c: &mut StreamServiceClient<tonic::transport::Channel>, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = c
+            .describe_stream(v1::DescribeStreamRequest {
+                stream_name: name.into(),
+            })
+            .await
+            .expect("describe")
+            .into_inner()
+            .stream
+            .expect("stream");
+        if d.status == StreamStatus::Active as i32 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never became ACTIVE"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn read_all(
+    c: &mut StreamServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> Vec<String> {
+    let it = c
+        .get_shard_iterator(v1::GetShardIteratorRequest {
+            stream_name: name.into(),
+            shard_id: "shardId-000000000000".into(),
+            shard_iterator_type: ShardIteratorType::TrimHorizon as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("iterator")
+        .into_inner()
+        .shard_iterator;
+    let got = c
+        .get_records(v1::GetRecordsRequest {
+            shard_iterator: it,
+            limit: 0,
+        })
+        .await
+        .expect("get records")
+        .into_inner();
+    got.records
+        .into_iter()
+        .map(|r| String::from_utf8(r.data).expect("utf-8"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_cluster_keeps_its_data_across_restarts() {
+async fn dev_cluster_keeps_its_records_across_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = DevOptions {
         data_dir: dir.path().to_path_buf(),
         base_port: free_base_port(),
-        groups: 2,
     };
     let cluster = DevCluster::start(&opts).await.expect("start");
-    let first = cluster
-        .write(CONTROLLER_GROUP, Bytes::from_static(b"one"))
+    // Any node accepts any request: create through node 2, write through node 3.
+    let eps = cluster.endpoints();
+    let mut c2 = StreamServiceClient::connect(eps[1].clone())
         .await
-        .expect("write");
-    let text = cluster.describe();
-    assert!(text.contains("group   0: leader"), "{text}");
-    assert!(text.contains("group   2: leader"), "{text}");
+        .expect("connect");
+    let mut c3 = StreamServiceClient::connect(eps[2].clone())
+        .await
+        .expect("connect");
+    c2.create_stream(v1::CreateStreamRequest {
+        stream_name: "dev".into(),
+        shard_count: 1,
+        retention_period_hours: 0,
+    })
+    .await
+    .expect("create");
+    wait_active(&mut c2, "dev").await;
+    for word in ["one", "two"] {
+        c3.put_record(v1::PutRecordRequest {
+            stream_name: "dev".into(),
+            data: word.as_bytes().to_vec(),
+            partition_key: word.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    }
+    assert_eq!(read_all(&mut c2, "dev").await, ["one", "two"]);
     cluster.shutdown().await;
 
     let cluster = DevCluster::start(&opts).await.expect("restart");
-    let second = cluster
-        .write(CONTROLLER_GROUP, Bytes::from_static(b"two"))
+    let mut c1 = StreamServiceClient::connect(cluster.endpoints()[0].clone())
         .await
-        .expect("write after restart");
-    assert!(
-        second > first,
-        "log index {second} after restart, {first} before"
-    );
+        .expect("connect");
+    wait_active(&mut c1, "dev").await;
+    assert_eq!(read_all(&mut c1, "dev").await, ["one", "two"]);
     cluster.shutdown().await;
 }

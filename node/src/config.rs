@@ -1,0 +1,377 @@
+//! Node configuration: a TOML file, then `RIPTIDE_*` environment variables, then command-line
+//! flags, each overriding the one before. Every error names the key it is about.
+//! `deploy/config-template.toml` lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration mistake, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Counts and rates a node enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Streams the cluster may hold.
+    pub max_streams: u32,
+    /// Shards over all streams.
+    pub max_shards: u32,
+    /// Shards of one stream.
+    pub max_shards_per_stream: u32,
+    /// Per-shard write quota in records per second; 0 turns it off.
+    pub shard_write_records_per_sec: u32,
+    /// Per-shard write quota in bytes per second; 0 turns it off.
+    pub shard_write_bytes_per_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams: 100,
+            max_shards: 1024,
+            max_shards_per_stream: 256,
+            shard_write_records_per_sec: 0,
+            shard_write_bytes_per_sec: 0,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster, at least 1.
+    pub node_id: u64,
+    /// Address the gRPC server binds (clients, admin and node-to-node traffic).
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node; defaults to `listen`.
+    pub advertise: String,
+    /// Holds the node's RocksDB and snapshot spool.
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub zone: String,
+    /// `id=host:port` of each node that forms a new cluster; the first three (by id) become
+    /// the controller's voters. Empty when joining.
+    pub initial_cluster: Vec<String>,
+    /// Address of any node of a running cluster, to join it.
+    pub join: String,
+    /// How often shard leaders remove records older than their stream's retention.
+    pub retention_check_interval_ms: u64,
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            listen: "127.0.0.1:7101".into(),
+            advertise: String::new(),
+            data_dir: PathBuf::from("riptide-data"),
+            region: "local".into(),
+            zone: "local-a".into(),
+            initial_cluster: Vec::new(),
+            join: String::new(),
+            retention_check_interval_ms: 60_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub id: u64,
+    pub address: String,
+}
+
+/// Values given on the command line; `None` leaves the earlier layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    pub node_id: Option<u64>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub initial_cluster: Option<Vec<String>>,
+    pub join: Option<String>,
+}
+
+impl NodeConfig {
+    /// Reads `file` (if any), then the environment through `env`, then `flags`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                Self::from_toml(&text)?
+            }
+            None => Self::default(),
+        };
+        let num = |key: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| ConfigError::new(key, format!("must be a whole number, got {v:?}")))
+        };
+        if let Some(v) = env("RIPTIDE_NODE_ID") {
+            c.node_id = num("RIPTIDE_NODE_ID", v)?;
+        }
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        for (key, slot) in [
+            ("RIPTIDE_LISTEN", &mut c.listen),
+            ("RIPTIDE_ADVERTISE", &mut c.advertise),
+            ("RIPTIDE_REGION", &mut c.region),
+            ("RIPTIDE_ZONE", &mut c.zone),
+            ("RIPTIDE_JOIN", &mut c.join),
+        ] {
+            if let Some(v) = env(key) {
+                *slot = v;
+            }
+        }
+        if let Some(v) = env("RIPTIDE_DATA_DIR") {
+            c.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("RIPTIDE_INITIAL_CLUSTER") {
+            c.initial_cluster = list(v);
+        }
+        let ConfigOverrides {
+            node_id,
+            listen,
+            advertise,
+            data_dir,
+            region,
+            zone,
+            initial_cluster,
+            join,
+        } = flags;
+        c.node_id = node_id.unwrap_or(c.node_id);
+        c.listen = listen.unwrap_or(c.listen);
+        c.advertise = advertise.unwrap_or(c.advertise);
+        c.data_dir = data_dir.unwrap_or(c.data_dir);
+        c.region = region.unwrap_or(c.region);
+        c.zone = zone.unwrap_or(c.zone);
+        c.initial_cluster = initial_cluster.unwrap_or(c.initial_cluster);
+        c.join = join.unwrap_or(c.join);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let key = e
+                .message()
+                .split('`')
+                .nth(1)
+                .unwrap_or("config")
+                .to_string();
+            ConfigError::new(&key, e.to_string().trim().replace('\n', " "))
+        })
+    }
+
+    /// The address other nodes use.
+    pub fn advertised(&self) -> &str {
+        if self.advertise.is_empty() {
+            &self.listen
+        } else {
+            &self.advertise
+        }
+    }
+
+    /// The parsed `initial_cluster`, sorted by id.
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, m) in self.initial_cluster.iter().enumerate() {
+            let key = format!("initial_cluster[{i}]");
+            let (id, addr) = m.split_once('=').ok_or_else(|| {
+                ConfigError::new(&key, format!("must be id=host:port, got {m:?}"))
+            })?;
+            let id: u64 = id.trim().parse().map_err(|_| {
+                ConfigError::new(&key, format!("node id must be a whole number, got {id:?}"))
+            })?;
+            if id == 0 {
+                return Err(ConfigError::new(&key, "node id must be at least 1"));
+            }
+            if out.iter().any(|x: &InitialMember| x.id == id) {
+                return Err(ConfigError::new(
+                    &key,
+                    format!("node id {id} appears twice"),
+                ));
+            }
+            check_addr(&key, addr.trim())?;
+            out.push(InitialMember {
+                id,
+                address: addr.trim().to_string(),
+            });
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::new(
+                "node_id",
+                "must be set to a whole number of at least 1 (flag --node-id, env RIPTIDE_NODE_ID)",
+            ));
+        }
+        check_addr("listen", &self.listen)?;
+        if !self.advertise.is_empty() {
+            check_addr("advertise", &self.advertise)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        for (key, v) in [("region", &self.region), ("zone", &self.zone)] {
+            if v.is_empty() || v.len() > 64 {
+                return Err(ConfigError::new(key, "must be 1 to 64 characters"));
+            }
+        }
+        let members = self.initial_members()?;
+        match (members.is_empty(), self.join.is_empty()) {
+            (true, true) => {
+                return Err(ConfigError::new(
+                    "initial_cluster",
+                    "set initial_cluster to form a new cluster, or join to join a running one",
+                ));
+            }
+            (false, false) => {
+                return Err(ConfigError::new(
+                    "join",
+                    "set either initial_cluster or join, not both",
+                ));
+            }
+            (false, true) => {
+                if !members.iter().any(|m| m.id == self.node_id) {
+                    return Err(ConfigError::new(
+                        "initial_cluster",
+                        format!("does not list this node (node_id {})", self.node_id),
+                    ));
+                }
+            }
+            (true, false) => check_addr("join", &self.join)?,
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "retention_check_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_streams", l.max_streams),
+            ("limits.max_shards", l.max_shards),
+            ("limits.max_shards_per_stream", l.max_shards_per_stream),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::new(
+            key,
+            format!("must be host:port, got {addr:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\nregion = \"eu\"\ninitial_cluster = [\"1=127.0.0.1:7101\", \"2=127.0.0.1:7102\"]\nlisten = \"127.0.0.1:7102\"\n",
+        )
+        .expect("write");
+        let env = |k: &str| (k == "RIPTIDE_ZONE").then(|| "eu-b".to_string());
+        let c = NodeConfig::load(
+            Some(&path),
+            env,
+            ConfigOverrides {
+                region: Some("us".into()),
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.node_id, c.region.as_str(), c.zone.as_str()),
+            (2, "us", "eu-b")
+        );
+        assert_eq!(c.initial_members().expect("members").len(), 2);
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let err = |text: &str| {
+            NodeConfig::from_toml(text)
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(err("node_id = 0\ninitial_cluster=[\"1=a:1\"]"), "node_id");
+        assert_eq!(
+            err("node_id = 1\nlisten = \"nope\"\ninitial_cluster=[\"1=a:1\"]"),
+            "listen"
+        );
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"x\"]"),
+            "initial_cluster[0]"
+        );
+        assert_eq!(err("node_id = 1"), "initial_cluster");
+        assert_eq!(
+            err("node_id = 3\ninitial_cluster=[\"1=a:1\"]"),
+            "initial_cluster"
+        );
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\n[limits]\nmax_shards = 0"),
+            "limits.max_shards"
+        );
+        assert_eq!(err("nodeid = 1"), "nodeid");
+        let e = NodeConfig::load(
+            None,
+            |k| (k == "RIPTIDE_NODE_ID").then(|| "x".into()),
+            ConfigOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "RIPTIDE_NODE_ID");
+    }
+}

@@ -1,0 +1,109 @@
+//! Replica placement: which nodes hold each shard. Pure functions, no I/O.
+//!
+//! Replicas of a shard go to distinct regions first, then distinct zones, then distinct nodes;
+//! among equally good nodes the one holding the fewest replicas wins, so that shards spread
+//! evenly. The first replica of each shard rotates, so that initial leaders spread too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A node as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u64,
+    pub region: String,
+    pub zone: String,
+    /// Replicas the node already holds.
+    pub load: usize,
+}
+
+/// Places `shards` shards with `replication` replicas each (fewer when there are fewer
+/// nodes) on `nodes`. Returns one list of node ids per shard, its first entry the node that
+/// forms the group.
+pub fn place(nodes: &[Candidate], shards: u32, replication: usize) -> Vec<Vec<u64>> {
+    let rf = replication.min(nodes.len());
+    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (n.id, n.load)).collect();
+    let mut out = Vec::with_capacity(shards as usize);
+    for s in 0..shards as usize {
+        let mut chosen: Vec<&Candidate> = Vec::with_capacity(rf);
+        while chosen.len() < rf {
+            let regions: BTreeSet<&str> = chosen.iter().map(|c| c.region.as_str()).collect();
+            let zones: BTreeSet<(&str, &str)> = chosen
+                .iter()
+                .map(|c| (c.region.as_str(), c.zone.as_str()))
+                .collect();
+            let best = nodes
+                .iter()
+                .filter(|n| !chosen.iter().any(|c| c.id == n.id))
+                .min_by_key(|n| {
+                    (
+                        regions.contains(n.region.as_str()),
+                        zones.contains(&(n.region.as_str(), n.zone.as_str())),
+                        load[&n.id],
+                        // Rotate ties so that equal nodes take turns.
+                        (n.id as usize + nodes.len() - s % nodes.len()) % nodes.len(),
+                    )
+                })
+                .expect("fewer chosen than nodes");
+            chosen.push(best);
+        }
+        for c in &chosen {
+            *load.get_mut(&c.id).expect("known node") += 1;
+        }
+        out.push(chosen.iter().map(|c| c.id).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, region: &str, zone: &str) -> Candidate {
+        Candidate {
+            id,
+            region: region.into(),
+            zone: zone.into(),
+            load: 0,
+        }
+    }
+
+    #[test]
+    fn replicas_spread_over_regions_before_zones() {
+        let nodes = vec![
+            node(1, "eu", "a"),
+            node(2, "eu", "b"),
+            node(3, "us", "a"),
+            node(4, "us", "b"),
+            node(5, "ap", "a"),
+        ];
+        for replicas in place(&nodes, 10, 3) {
+            let regions: BTreeSet<_> = replicas
+                .iter()
+                .map(|id| nodes[*id as usize - 1].region.clone())
+                .collect();
+            assert_eq!(regions.len(), 3, "{replicas:?} shares a region");
+        }
+    }
+
+    #[test]
+    fn small_clusters_get_fewer_replicas_and_even_load() {
+        let nodes = vec![node(1, "r", "a"), node(2, "r", "a")];
+        let p = place(&nodes, 4, 3);
+        assert!(p.iter().all(|r| r.len() == 2));
+        let nodes: Vec<_> = (1..=6)
+            .map(|i| node(i, "r", &format!("z{}", i % 3)))
+            .collect();
+        let p = place(&nodes, 6, 3);
+        let mut count = BTreeMap::new();
+        for r in &p {
+            for id in r {
+                *count.entry(*id).or_insert(0) += 1;
+            }
+            let zones: BTreeSet<_> = r.iter().map(|id| id % 3).collect();
+            assert_eq!(zones.len(), 3, "{r:?} shares a zone");
+        }
+        assert!(count.values().all(|c| *c == 3), "uneven load {count:?}");
+        let firsts: BTreeSet<_> = p.iter().map(|r| r[0]).collect();
+        assert!(firsts.len() >= 3, "first replicas do not rotate: {p:?}");
+    }
+}

@@ -1,0 +1,366 @@
+//! The gRPC services: thin handlers that decode a request, call [`Core`], and encode the
+//! answer. No logic of their own.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use riptide_proto::v1;
+use riptide_proto::v1::admin_service_server::AdminService;
+use riptide_proto::v1::node_internal_server::NodeInternal;
+use riptide_proto::v1::stream_service_server::StreamService;
+use riptide_proto::{ShardId, StreamName};
+use tonic::{Request, Response, Status};
+
+use crate::controller::{ControllerCommand, NodeInfo};
+use crate::error::ServiceError;
+use crate::server::core::Core;
+use crate::server::peers::hops_of;
+
+/// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
+#[derive(Clone)]
+pub struct Api {
+    core: Arc<Core>,
+}
+
+impl Api {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn ok<T>(v: T) -> Reply<T> {
+    Ok(Response::new(v))
+}
+
+#[tonic::async_trait]
+impl StreamService for Api {
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
+    async fn create_stream(
+        &self,
+        req: Request<v1::CreateStreamRequest>,
+    ) -> Reply<v1::CreateStreamResponse> {
+        let r = req.into_inner();
+        let s = self
+            .core
+            .create_stream(&r.stream_name, r.shard_count, r.retention_period_hours)
+            .await?;
+        ok(v1::CreateStreamResponse {
+            stream: Some(self.core.describe(&s)),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
+    async fn delete_stream(
+        &self,
+        req: Request<v1::DeleteStreamRequest>,
+    ) -> Reply<v1::DeleteStreamResponse> {
+        self.core
+            .delete_stream(&req.into_inner().stream_name)
+            .await?;
+        ok(v1::DeleteStreamResponse {})
+    }
+
+    async fn describe_stream(
+        &self,
+        req: Request<v1::DescribeStreamRequest>,
+    ) -> Reply<v1::DescribeStreamResponse> {
+        let s = self.core.stream(&req.into_inner().stream_name)?;
+        ok(v1::DescribeStreamResponse {
+            stream: Some(self.core.describe(&s)),
+        })
+    }
+
+    async fn list_streams(
+        &self,
+        req: Request<v1::ListStreamsRequest>,
+    ) -> Reply<v1::ListStreamsResponse> {
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            l if l <= 10_000 => l as usize,
+            l => {
+                return Err(
+                    ServiceError::invalid(format!("limit: must be 1 to 10000, got {l}")).into(),
+                );
+            }
+        };
+        let mut streams: Vec<_> = self
+            .core
+            .streams()?
+            .into_iter()
+            .filter(|s| s.name.as_str() > r.exclusive_start_stream_name.as_str())
+            .collect();
+        streams.sort_by(|a, b| a.name.cmp(&b.name));
+        let has_more_streams = streams.len() > limit;
+        streams.truncate(limit);
+        ok(v1::ListStreamsResponse {
+            streams: streams.iter().map(|s| self.core.describe(s)).collect(),
+            has_more_streams,
+        })
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<v1::ListShardsRequest>,
+    ) -> Reply<v1::ListShardsResponse> {
+        let s = self.core.stream(&req.into_inner().stream_name)?;
+        ok(v1::ListShardsResponse {
+            shards: self.core.describe(&s).shards,
+        })
+    }
+
+    async fn update_retention(
+        &self,
+        req: Request<v1::UpdateRetentionRequest>,
+    ) -> Reply<v1::UpdateRetentionResponse> {
+        let r = req.into_inner();
+        self.core
+            .set_retention(&r.stream_name, r.retention_period_hours)
+            .await?;
+        ok(v1::UpdateRetentionResponse {})
+    }
+
+    async fn put_record(&self, req: Request<v1::PutRecordRequest>) -> Reply<v1::PutRecordResponse> {
+        let hops = hops_of(&req);
+        let r = req.into_inner();
+        if let Some(s) = &r.sequence_number_for_ordering {
+            riptide_proto::SequenceNumber::parse(s, "sequence_number_for_ordering")
+                .map_err(ServiceError::from)?;
+        }
+        let entry = v1::PutRecordsEntry {
+            data: r.data,
+            partition_key: r.partition_key,
+            explicit_hash_key: r.explicit_hash_key,
+        };
+        // Field names of PutRecord have no `records[0].` prefix.
+        let mut results = self
+            .core
+            .put_records(&r.stream_name, vec![entry], hops)
+            .await
+            .map_err(|mut e| {
+                e.message = e.message.replace("records[0].", "");
+                e
+            })?;
+        let (shard, seq) = results
+            .pop()
+            .ok_or_else(|| ServiceError::internal("no result"))??;
+        ok(v1::PutRecordResponse {
+            shard_id: shard.to_string(),
+            sequence_number: seq.to_string(),
+        })
+    }
+
+    async fn put_records(
+        &self,
+        req: Request<v1::PutRecordsRequest>,
+    ) -> Reply<v1::PutRecordsResponse> {
+        let hops = hops_of(&req);
+        let r = req.into_inner();
+        let results = self
+            .core
+            .put_records(&r.stream_name, r.records, hops)
+            .await?;
+        let mut failed = 0;
+        let records = results
+            .into_iter()
+            .map(|r| match r {
+                Ok((shard, seq)) => v1::PutRecordsResultEntry {
+                    shard_id: shard.to_string(),
+                    sequence_number: seq.to_string(),
+                    ..Default::default()
+                },
+                Err(e) => {
+                    failed += 1;
+                    v1::PutRecordsResultEntry {
+                        error_code: e.code.name().to_string(),
+                        error_message: e.message,
+                        ..Default::default()
+                    }
+                }
+            })
+            .collect();
+        ok(v1::PutRecordsResponse {
+            records,
+            failed_record_count: failed,
+        })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        req: Request<v1::GetShardIteratorRequest>,
+    ) -> Reply<v1::GetShardIteratorResponse> {
+        let hops = hops_of(&req);
+        let shard_iterator = self.core.get_shard_iterator(req.into_inner(), hops).await?;
+        ok(v1::GetShardIteratorResponse { shard_iterator })
+    }
+
+    async fn get_records(
+        &self,
+        req: Request<v1::GetRecordsRequest>,
+    ) -> Reply<v1::GetRecordsResponse> {
+        let hops = hops_of(&req);
+        let r = req.into_inner();
+        ok(self
+            .core
+            .get_records(&r.shard_iterator, r.limit, hops)
+            .await?)
+    }
+
+    type SubscribeToShardStream =
+        Pin<Box<dyn Stream<Item = Result<v1::SubscribeToShardEvent, Status>> + Send + 'static>>;
+
+    async fn subscribe_to_shard(
+        &self,
+        req: Request<v1::SubscribeToShardRequest>,
+    ) -> Reply<Self::SubscribeToShardStream> {
+        let r = req.into_inner();
+        StreamName::new(r.stream_name.as_str()).map_err(ServiceError::from)?;
+        r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
+        let first = self
+            .core
+            .get_shard_iterator(
+                v1::GetShardIteratorRequest {
+                    stream_name: r.stream_name.clone(),
+                    shard_id: r.shard_id.clone(),
+                    shard_iterator_type: r.starting_position,
+                    starting_sequence_number: r.starting_sequence_number.clone(),
+                    timestamp_ms: r.timestamp_ms,
+                },
+                0,
+            )
+            .await?;
+        let core = self.core.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut iterator = first;
+            let mut applied = core.shard_applied.clone();
+            let mut shutdown = core.shutdown.clone();
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let batch = match core.get_records(&iterator, 0, 0).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                iterator = batch.next_shard_iterator.clone();
+                let empty = batch.records.is_empty();
+                if !empty {
+                    let continuation = batch
+                        .records
+                        .last()
+                        .map(|r| r.sequence_number.clone())
+                        .unwrap_or_default();
+                    let event = v1::SubscribeToShardEvent {
+                        records: batch.records,
+                        continuation_sequence_number: continuation,
+                        millis_behind_latest: batch.millis_behind_latest,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // Caught up: wait for a local apply, or poll again soon when the leader is
+                // elsewhere. The client going away ends the task.
+                tokio::select! {
+                    _ = applied.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Api {
+    async fn cluster_status(
+        &self,
+        req: Request<v1::ClusterStatusRequest>,
+    ) -> Reply<v1::ClusterStatusResponse> {
+        ok(self
+            .core
+            .cluster_status(req.into_inner().local_only)
+            .await?)
+    }
+
+    async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Reply<v1::AddNodeResponse> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(ServiceError::invalid("node_id: must be at least 1").into());
+        }
+        if r.address.is_empty() {
+            return Err(ServiceError::invalid("address: must be host:port").into());
+        }
+        let info = NodeInfo {
+            id: r.node_id,
+            address: r.address,
+            region: if r.region.is_empty() {
+                "local".into()
+            } else {
+                r.region
+            },
+            zone: if r.zone.is_empty() {
+                "local-a".into()
+            } else {
+                r.zone
+            },
+        };
+        self.core
+            .propose(&ControllerCommand::RegisterNode(info), 0)
+            .await?;
+        ok(v1::AddNodeResponse {})
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Reply<v1::RemoveNodeResponse> {
+        let id = req.into_inner().node_id;
+        self.core
+            .propose(&ControllerCommand::RemoveNode { id }, 0)
+            .await?;
+        ok(v1::RemoveNodeResponse {})
+    }
+
+    async fn transfer_shard_leader(
+        &self,
+        req: Request<v1::TransferShardLeaderRequest>,
+    ) -> Reply<v1::TransferShardLeaderResponse> {
+        let hops = hops_of(&req);
+        self.core
+            .transfer_shard_leader(req.into_inner(), hops)
+            .await?;
+        ok(v1::TransferShardLeaderResponse {})
+    }
+
+    async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Reply<v1::DrainNodeResponse> {
+        let hops = hops_of(&req);
+        ok(self.core.drain_node(req.into_inner().node_id, hops).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeInternal for Api {
+    async fn propose_to_controller(
+        &self,
+        req: Request<v1::ControllerProposal>,
+    ) -> Reply<v1::ControllerOutcome> {
+        let hops = hops_of(&req);
+        let r = req.into_inner();
+        ok(self
+            .core
+            .propose_forwarded(&r.command, hops.max(r.hops))
+            .await?)
+    }
+}

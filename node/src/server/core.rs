@@ -1,0 +1,1014 @@
+//! The node's internal service: every request of the gRPC API (and, later, of the Kinesis HTTP
+//! API) is carried out here. Requests for a shard go to the shard's leader: served here when
+//! this node leads it, forwarded otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use riptide_proto::v1;
+use riptide_proto::{ErrorCode, SequenceNumber, ShardId, StreamName};
+use riptide_raft::{Group, GroupId, NodeId, RaftEngine, RaftError, Role};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::controller::placement::{self, Candidate};
+use crate::controller::{
+    CONTROLLER_GROUP, ControllerCommand, ControllerReply, ControllerView, CountLimits, NodeInfo,
+    ShardInfo, StreamInfo, StreamStatus, decode_reply,
+};
+use crate::error::ServiceError;
+use crate::server::peers::{MAX_HOPS, Peers, forwarded};
+use crate::shard::iterator::{IteratorError, ShardIterator};
+use crate::shard::{NewRecord, ShardCommand, ShardReader};
+use crate::validate;
+
+/// Replicas per shard (fewer when the cluster is smaller).
+pub const REPLICATION: usize = 3;
+/// Voters of the controller group: the first nodes of the initial cluster.
+pub const CONTROLLER_VOTERS: usize = 3;
+/// How long a request waits for a shard or the controller to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Where a shard's leader is.
+pub enum Route {
+    /// This node leads it.
+    Local(Group),
+    /// Addresses to try, best first.
+    Remote(Vec<String>),
+}
+
+/// A record to put, with its shard already chosen.
+#[derive(Debug, Clone)]
+pub struct RoutedRecord {
+    pub partition_key: String,
+    pub data: Bytes,
+    /// The hash key that chose the shard; sent along when forwarding so that the leader's node
+    /// picks the same shard.
+    pub hash_key: u128,
+}
+
+/// Token bucket of a per-shard write quota.
+struct Bucket {
+    records: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+pub struct Core {
+    pub config: NodeConfig,
+    pub engine: RaftEngine,
+    pub clock: Arc<dyn Clock>,
+    pub peers: Peers,
+    /// Changes after every batch a shard state machine on this node applies.
+    pub shard_applied: watch::Receiver<u64>,
+    /// Changes after every batch the controller applies here.
+    pub controller_applied: watch::Receiver<u64>,
+    /// Becomes true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    quotas: Mutex<HashMap<u64, Bucket>>,
+}
+
+impl Core {
+    pub fn new(
+        config: NodeConfig,
+        engine: RaftEngine,
+        clock: Arc<dyn Clock>,
+        shard_applied: watch::Receiver<u64>,
+        controller_applied: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            config,
+            engine,
+            clock,
+            peers: Peers::default(),
+            shard_applied,
+            controller_applied,
+            shutdown,
+            quotas: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Controller
+    // -----------------------------------------------------------------------------------------
+
+    pub fn controller(&self) -> Result<Group, ServiceError> {
+        self.engine.group(CONTROLLER_GROUP).map_err(|_| {
+            ServiceError::unavailable("the controller group is not running on this node")
+        })
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>, ServiceError> {
+        Ok(ControllerView::nodes(self.controller()?.view())?)
+    }
+
+    pub fn streams(&self) -> Result<Vec<StreamInfo>, ServiceError> {
+        Ok(ControllerView::streams(self.controller()?.view())?)
+    }
+
+    pub fn stream(&self, name: &str) -> Result<StreamInfo, ServiceError> {
+        let name = StreamName::new(name)?;
+        ControllerView::stream(self.controller()?.view(), name.as_str())?.ok_or_else(|| {
+            ServiceError::not_found(format!("stream_name: stream {name:?} does not exist"))
+        })
+    }
+
+    /// Addresses to try for the controller's leader when this node does not know it.
+    fn controller_fallbacks(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Ok(members) = self.config.initial_members() {
+            out.extend(
+                members
+                    .into_iter()
+                    .filter(|m| m.id != self.node_id())
+                    .map(|m| m.address),
+            );
+        }
+        if !self.config.join.is_empty() {
+            out.push(self.config.join.clone());
+        }
+        if let Ok(nodes) = self.nodes() {
+            out.extend(
+                nodes
+                    .into_iter()
+                    .filter(|n| n.id != self.node_id())
+                    .map(|n| n.address),
+            );
+        }
+        out.dedup();
+        out
+    }
+
+    /// Commits `cmd` in the controller (through its leader) and returns the reply, once this
+    /// node has applied it too, so that reads here see it.
+    pub async fn propose(
+        &self,
+        cmd: &ControllerCommand,
+        hops: u32,
+    ) -> Result<ControllerReply, ServiceError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let group = self.controller()?;
+            let status = group.status();
+            if status.role == Role::Leader {
+                let out = group.write(cmd.encode()).await.map_err(|e| match e {
+                    RaftError::NotLeader { .. } => ServiceError::unavailable(
+                        "the controller's leadership changed during the request; it may or may not have taken effect",
+                    ),
+                    other => other.into(),
+                })?;
+                return reply(&out.response);
+            }
+            let mut targets: Vec<String> = status
+                .leader
+                .and_then(|l| status.addresses.get(&l).cloned())
+                .into_iter()
+                .collect();
+            if targets.is_empty() && hops == 0 {
+                targets = self.controller_fallbacks();
+            }
+            if hops < MAX_HOPS {
+                for addr in &targets {
+                    let msg = v1::ControllerProposal {
+                        command: cmd.encode().to_vec(),
+                        hops: hops + 1,
+                    };
+                    let mut client = self.peers.internal(addr)?;
+                    match client.propose_to_controller(forwarded(msg, hops + 1)).await {
+                        Ok(out) => {
+                            let out = out.into_inner();
+                            // Let local reads see the change; a lagging learner is no error.
+                            let _ = group.wait_applied(out.index, Duration::from_secs(5)).await;
+                            return reply(&out.reply);
+                        }
+                        Err(s) if riptide_proto::status_code(&s) == ErrorCode::Unavailable => {
+                            tracing::debug!(peer = %addr, "controller proposal not taken: {}", s.message());
+                        }
+                        Err(s) => return Err(s.into()),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ServiceError::unavailable(
+                    "the controller has no reachable leader (are a majority of its voters up?)",
+                ));
+            }
+            let _ = group.wait_for_leader(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Serves a proposal forwarded by another node: commits it if this node leads the
+    /// controller, forwards it once more otherwise.
+    pub async fn propose_forwarded(
+        &self,
+        raw: &[u8],
+        hops: u32,
+    ) -> Result<v1::ControllerOutcome, ServiceError> {
+        let cmd = ControllerCommand::decode(raw).map_err(|e| {
+            ServiceError::invalid(format!("command: not a controller command: {e}"))
+        })?;
+        let group = self.controller()?;
+        if group.status().role == Role::Leader {
+            let out = group.write(cmd.encode()).await.map_err(|e| match e {
+                RaftError::NotLeader { .. } => ServiceError::unavailable(
+                    "the controller's leadership changed during the request; it may or may not have taken effect",
+                ),
+                other => other.into(),
+            })?;
+            return Ok(v1::ControllerOutcome {
+                reply: out.response.to_vec(),
+                index: out.index,
+            });
+        }
+        let status = group.status();
+        let Some(addr) = status
+            .leader
+            .and_then(|l| status.addresses.get(&l).cloned())
+        else {
+            return Err(ServiceError::unavailable(
+                "the controller has no leader yet",
+            ));
+        };
+        if hops >= MAX_HOPS {
+            return Err(ServiceError::unavailable(
+                "the controller's leader moved; retry",
+            ));
+        }
+        let msg = v1::ControllerProposal {
+            command: raw.to_vec(),
+            hops: hops + 1,
+        };
+        Ok(self
+            .peers
+            .internal(&addr)?
+            .propose_to_controller(forwarded(msg, hops + 1))
+            .await?
+            .into_inner())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Streams
+    // -----------------------------------------------------------------------------------------
+
+    pub async fn create_stream(
+        &self,
+        name: &str,
+        shard_count: u32,
+        retention_hours: u32,
+    ) -> Result<StreamInfo, ServiceError> {
+        let name = StreamName::new(name)?;
+        let limits = &self.config.limits;
+        validate::shard_count(shard_count, limits.max_shards_per_stream)?;
+        let retention_hours = validate::retention("retention_period_hours", retention_hours, true)?;
+        let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+        for s in self.streams()? {
+            for sh in s.shards {
+                for r in sh.replicas {
+                    *load.entry(r).or_default() += 1;
+                }
+            }
+        }
+        let candidates: Vec<Candidate> = self
+            .nodes()?
+            .into_iter()
+            .map(|n| Candidate {
+                id: n.id,
+                load: load.get(&n.id).copied().unwrap_or(0),
+                region: n.region,
+                zone: n.zone,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(ServiceError::unavailable(
+                "no node has registered with the controller yet; retry in a moment",
+            ));
+        }
+        let cmd = ControllerCommand::CreateStream {
+            name: name.as_str().to_string(),
+            retention_hours,
+            created_ms: self.clock.now_ms(),
+            placements: placement::place(&candidates, shard_count, REPLICATION),
+            limits: CountLimits {
+                max_streams: limits.max_streams,
+                max_shards: limits.max_shards,
+            },
+        };
+        match self.propose(&cmd, 0).await? {
+            ControllerReply::Stream(s) => Ok(s),
+            ControllerReply::Done => Err(ServiceError::internal("controller gave no stream back")),
+        }
+    }
+
+    pub async fn delete_stream(&self, name: &str) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        self.propose(
+            &ControllerCommand::DeleteStream {
+                name: name.as_str().to_string(),
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_retention(&self, name: &str, hours: u32) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        let hours = validate::retention("retention_period_hours", hours, false)?;
+        self.propose(
+            &ControllerCommand::SetRetention {
+                name: name.as_str().to_string(),
+                hours,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The stream's description as the API shows it, with each shard's leader as this node
+    /// knows it (0 where it hosts no replica).
+    pub fn describe(&self, s: &StreamInfo) -> v1::StreamDescription {
+        v1::StreamDescription {
+            stream_name: s.name.clone(),
+            status: match s.status {
+                StreamStatus::Creating => v1::StreamStatus::Creating,
+                StreamStatus::Active => v1::StreamStatus::Active,
+            } as i32,
+            shards: s
+                .shards
+                .iter()
+                .map(|sh| v1::Shard {
+                    shard_id: ShardId(sh.index).to_string(),
+                    hash_key_range: Some(v1::HashKeyRange {
+                        starting_hash_key: sh.hash_start.to_string(),
+                        ending_hash_key: sh.hash_end.to_string(),
+                    }),
+                    replicas: sh.replicas.clone(),
+                    leader: self
+                        .engine
+                        .group(GroupId(sh.group))
+                        .ok()
+                        .and_then(|g| g.leader())
+                        .map(|l| l.0)
+                        .unwrap_or(0),
+                    starting_sequence_number: SequenceNumber(0).to_string(),
+                })
+                .collect(),
+            retention_period_hours: s.retention_hours,
+            created_at_ms: s.created_ms,
+        }
+    }
+
+    fn shard<'a>(&self, s: &'a StreamInfo, id: &str) -> Result<&'a ShardInfo, ServiceError> {
+        let shard: ShardId = id.parse()?;
+        s.shards.get(shard.0 as usize).ok_or_else(|| {
+            ServiceError::not_found(format!(
+                "shard_id: stream {:?} has no shard {shard} (it has {} shards)",
+                s.name,
+                s.shards.len()
+            ))
+        })
+    }
+
+    fn writable(s: &StreamInfo) -> Result<(), ServiceError> {
+        match s.status {
+            StreamStatus::Active => Ok(()),
+            StreamStatus::Creating => Err(ServiceError::new(
+                ErrorCode::ResourceInUse,
+                format!("stream_name: stream {:?} is still CREATING", s.name),
+            )),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Shard routing
+    // -----------------------------------------------------------------------------------------
+
+    /// Finds the shard's leader: this node, or the addresses to forward to.
+    pub async fn route(&self, shard: &ShardInfo, hops: u32) -> Result<Route, ServiceError> {
+        if let Ok(group) = self.engine.group(GroupId(shard.group)) {
+            if group.leader().is_none() {
+                let _ = group.wait_for_leader(LEADER_WAIT).await;
+            }
+            let status = group.status();
+            if status.role == Role::Leader {
+                return Ok(Route::Local(group));
+            }
+            if let Some(addr) = status
+                .leader
+                .and_then(|l| status.addresses.get(&l).cloned())
+            {
+                if hops >= MAX_HOPS {
+                    return Err(ServiceError::unavailable(format!(
+                        "shard {}: its leader moved while the request was forwarded; retry",
+                        ShardId(shard.index)
+                    )));
+                }
+                return Ok(Route::Remote(vec![addr]));
+            }
+            return Err(ServiceError::unavailable(format!(
+                "shard {} has no leader yet (an election is under way or too few replicas are up)",
+                ShardId(shard.index)
+            )));
+        }
+        if hops >= MAX_HOPS {
+            return Err(ServiceError::unavailable(format!(
+                "shard {}: no node on the forwarding path hosts it; retry",
+                ShardId(shard.index)
+            )));
+        }
+        let nodes: HashMap<u64, String> = self
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.id, n.address))
+            .collect();
+        let addrs: Vec<String> = shard
+            .replicas
+            .iter()
+            .filter(|r| **r != self.node_id())
+            .filter_map(|r| nodes.get(r).cloned())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ServiceError::unavailable(format!(
+                "shard {}: none of its replicas {:?} is known to this node",
+                ShardId(shard.index),
+                shard.replicas
+            )));
+        }
+        Ok(Route::Remote(addrs))
+    }
+
+    /// Tries `call` on each address in turn, moving on only when a node cannot be reached.
+    async fn forward<T, F, Fut>(&self, addrs: &[String], mut call: F) -> Result<T, ServiceError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = ServiceError::unavailable("no replica to forward to");
+        for addr in addrs {
+            match call(addr.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) => {
+                    let e = ServiceError::from(s);
+                    // A node that answered with anything else than "unreachable" has decided.
+                    if e.code != ErrorCode::Unavailable {
+                        return Err(e);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writes
+    // -----------------------------------------------------------------------------------------
+
+    /// Puts records; one result per record, in order. Bad input fails the whole call.
+    pub async fn put_records(
+        &self,
+        stream: &str,
+        records: Vec<v1::PutRecordsEntry>,
+        hops: u32,
+    ) -> Result<Vec<Result<(ShardId, SequenceNumber), ServiceError>>, ServiceError> {
+        let mut total = 0usize;
+        for (i, r) in records.iter().enumerate() {
+            validate::record(&format!("records[{i}]."), &r.partition_key, r.data.len())?;
+            total += r.data.len() + r.partition_key.len();
+        }
+        validate::put_records(records.len(), total)?;
+        let info = self.stream(stream)?;
+        Self::writable(&info)?;
+        let ranges: Vec<_> = info.shards.iter().map(ShardInfo::range).collect();
+        // Shard index -> (positions in the request, records).
+        let mut by_shard: BTreeMap<usize, (Vec<usize>, Vec<RoutedRecord>)> = BTreeMap::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let hash_key = match &r.explicit_hash_key {
+                Some(k) => riptide_proto::parse_hash_key(k, "explicit_hash_key")
+                    .map_err(|e| ServiceError::invalid(format!("records[{i}].{e}")))?,
+                None => riptide_proto::hash_key_of(&r.partition_key),
+            };
+            let shard = riptide_proto::shard_for(&ranges, hash_key).ok_or_else(|| {
+                ServiceError::internal(format!("no shard of {stream:?} holds hash key {hash_key}"))
+            })?;
+            let slot = by_shard.entry(shard).or_default();
+            slot.0.push(i);
+            slot.1.push(RoutedRecord {
+                partition_key: r.partition_key,
+                data: Bytes::from(r.data),
+                hash_key,
+            });
+        }
+        let count = by_shard.values().map(|(p, _)| p.len()).sum();
+        let puts = by_shard.into_iter().map(|(shard, (positions, recs))| {
+            let info = &info;
+            async move {
+                let sh = &info.shards[shard];
+                let n = recs.len();
+                let results = match self.put_shard(&info.name, sh, recs, hops).await {
+                    Ok(r) => r,
+                    Err(e) => vec![Err(e); n],
+                };
+                (positions, ShardId(sh.index), results)
+            }
+        });
+        let mut out: Vec<Option<Result<(ShardId, SequenceNumber), ServiceError>>> =
+            vec![None; count];
+        for (positions, shard, results) in futures::future::join_all(puts).await {
+            for (pos, r) in positions.into_iter().zip(results) {
+                out[pos] = Some(r.map(|seq| (shard, seq)));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ServiceError::internal("record lost its result"))))
+            .collect())
+    }
+
+    /// Writes records of one shard: as one Raft entry when this node leads it, forwarded to its
+    /// leader otherwise.
+    async fn put_shard(
+        &self,
+        stream: &str,
+        shard: &ShardInfo,
+        records: Vec<RoutedRecord>,
+        hops: u32,
+    ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, ServiceError> {
+        match self.route(shard, hops).await? {
+            Route::Local(group) => {
+                self.take_quota(shard, &records)?;
+                let n = records.len();
+                let cmd = ShardCommand::Put {
+                    arrival_ms: self.clock.now_ms(),
+                    records: records
+                        .into_iter()
+                        .map(|r| NewRecord {
+                            partition_key: r.partition_key,
+                            data: r.data,
+                        })
+                        .collect(),
+                };
+                let out = group.write(cmd.encode()).await.map_err(|e| match e {
+                    RaftError::NotLeader { .. } => ServiceError::unavailable(format!(
+                        "shard {}: leadership changed during the write; the records may or may not have been stored",
+                        ShardId(shard.index)
+                    )),
+                    other => other.into(),
+                })?;
+                Ok((0..n as u32)
+                    .map(|pos| Ok(SequenceNumber::from_entry(out.index, pos)))
+                    .collect())
+            }
+            Route::Remote(addrs) => {
+                let req = v1::PutRecordsRequest {
+                    stream_name: stream.to_string(),
+                    records: records
+                        .iter()
+                        .map(|r| v1::PutRecordsEntry {
+                            data: r.data.to_vec(),
+                            partition_key: r.partition_key.clone(),
+                            explicit_hash_key: Some(r.hash_key.to_string()),
+                        })
+                        .collect(),
+                };
+                let resp = self
+                    .forward(&addrs, |addr| {
+                        let req = req.clone();
+                        async move {
+                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                            c.put_records(forwarded(req, hops + 1)).await
+                        }
+                    })
+                    .await?
+                    .into_inner();
+                Ok(resp
+                    .records
+                    .into_iter()
+                    .map(|r| {
+                        if r.error_code.is_empty() {
+                            SequenceNumber::parse(&r.sequence_number, "sequence_number")
+                                .map_err(ServiceError::from)
+                        } else {
+                            Err(ServiceError::new(
+                                r.error_code.parse().unwrap_or(ErrorCode::Internal),
+                                r.error_message,
+                            ))
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Charges a write against the shard's quota, when one is configured.
+    fn take_quota(&self, shard: &ShardInfo, records: &[RoutedRecord]) -> Result<(), ServiceError> {
+        let limits = &self.config.limits;
+        let (rps, bps) = (
+            f64::from(limits.shard_write_records_per_sec),
+            limits.shard_write_bytes_per_sec as f64,
+        );
+        if rps == 0.0 && bps == 0.0 {
+            return Ok(());
+        }
+        let n = records.len() as f64;
+        let bytes: f64 = records
+            .iter()
+            .map(|r| (r.data.len() + r.partition_key.len()) as f64)
+            .sum();
+        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let b = quotas.entry(shard.group).or_insert(Bucket {
+            records: rps,
+            bytes: bps,
+            at: now,
+        });
+        let dt = now.duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.records = (b.records + dt * rps).min(rps);
+        b.bytes = (b.bytes + dt * bps).min(bps);
+        if rps > 0.0 && b.records < n {
+            return Err(ServiceError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "shard {}: write rate over {} records/s (limits.shard_write_records_per_sec)",
+                    ShardId(shard.index),
+                    limits.shard_write_records_per_sec
+                ),
+            ));
+        }
+        if bps > 0.0 && b.bytes < bytes {
+            return Err(ServiceError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "shard {}: write rate over {} bytes/s (limits.shard_write_bytes_per_sec)",
+                    ShardId(shard.index),
+                    limits.shard_write_bytes_per_sec
+                ),
+            ));
+        }
+        b.records -= n;
+        b.bytes -= bytes;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reads
+    // -----------------------------------------------------------------------------------------
+
+    pub async fn get_shard_iterator(
+        &self,
+        req: v1::GetShardIteratorRequest,
+        hops: u32,
+    ) -> Result<String, ServiceError> {
+        let info = self.stream(&req.stream_name)?;
+        let shard = self.shard(&info, &req.shard_id)?;
+        let kind = v1::ShardIteratorType::try_from(req.shard_iterator_type)
+            .ok()
+            .filter(|k| *k != v1::ShardIteratorType::Unspecified)
+            .ok_or_else(|| {
+                ServiceError::invalid(format!(
+                    "shard_iterator_type: must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP, got {}",
+                    req.shard_iterator_type
+                ))
+            })?;
+        let seq = match kind {
+            v1::ShardIteratorType::AtSequenceNumber
+            | v1::ShardIteratorType::AfterSequenceNumber => Some(SequenceNumber::parse(
+                &req.starting_sequence_number,
+                "starting_sequence_number",
+            )?),
+            _ => None,
+        };
+        let group = match self.route(shard, hops).await? {
+            Route::Local(g) => g,
+            Route::Remote(addrs) => {
+                return Ok(self
+                    .forward(&addrs, |addr| {
+                        let req = req.clone();
+                        async move {
+                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                            c.get_shard_iterator(forwarded(req, hops + 1)).await
+                        }
+                    })
+                    .await?
+                    .into_inner()
+                    .shard_iterator);
+            }
+        };
+        let view = group.view();
+        let last = ShardReader::last(view)?;
+        let next_after_last = last.map(|(s, _)| s.0 + 1).unwrap_or(0);
+        let check = |s: SequenceNumber| match last {
+            Some((l, _)) if s <= l => Ok(()),
+            _ => Err(ServiceError::invalid(format!(
+                "starting_sequence_number: {s} is beyond the newest record of shard {} ({})",
+                ShardId(shard.index),
+                last.map(|(l, _)| l.to_string())
+                    .unwrap_or_else(|| "none yet".into())
+            ))),
+        };
+        let position = match (kind, seq) {
+            (v1::ShardIteratorType::TrimHorizon, _) => 0,
+            (v1::ShardIteratorType::Latest, _) => next_after_last,
+            (v1::ShardIteratorType::AtSequenceNumber, Some(s)) => {
+                check(s)?;
+                s.0
+            }
+            (v1::ShardIteratorType::AfterSequenceNumber, Some(s)) => {
+                check(s)?;
+                s.0 + 1
+            }
+            (v1::ShardIteratorType::AtTimestamp, _) => {
+                ShardReader::first_at_or_after(view, req.timestamp_ms)?
+                    .map(|s| s.0)
+                    .unwrap_or(next_after_last)
+            }
+            _ => return Err(ServiceError::internal("iterator type checked above")),
+        };
+        Ok(ShardIterator {
+            stream: info.name.clone(),
+            stream_created_ms: info.created_ms,
+            shard: ShardId(shard.index),
+            position,
+            issued_ms: self.clock.now_ms(),
+        }
+        .encode())
+    }
+
+    pub async fn get_records(
+        &self,
+        token: &str,
+        limit: u32,
+        hops: u32,
+    ) -> Result<v1::GetRecordsResponse, ServiceError> {
+        let limit = validate::get_limit(limit)?;
+        let it = ShardIterator::decode(token, self.clock.now_ms()).map_err(|e| match e {
+            IteratorError::Malformed(_) => ServiceError::invalid(e.to_string()),
+            IteratorError::Expired { .. } => {
+                ServiceError::new(ErrorCode::ExpiredIterator, e.to_string())
+            }
+        })?;
+        let info = self.stream(&it.stream)?;
+        if info.created_ms != it.stream_created_ms {
+            return Err(ServiceError::not_found(format!(
+                "shard_iterator: stream {:?} was deleted after the iterator was issued",
+                it.stream
+            )));
+        }
+        let shard = self.shard(&info, &it.shard.to_string())?;
+        let group = match self.route(shard, hops).await? {
+            Route::Local(g) => g,
+            Route::Remote(addrs) => {
+                let req = v1::GetRecordsRequest {
+                    shard_iterator: token.to_string(),
+                    limit: limit as u32,
+                };
+                return Ok(self
+                    .forward(&addrs, |addr| {
+                        let req = req.clone();
+                        async move {
+                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                            c.get_records(forwarded(req, hops + 1)).await
+                        }
+                    })
+                    .await?
+                    .into_inner());
+            }
+        };
+        let view = group.view().clone();
+        let position = it.position;
+        let (records, last) = tokio::task::spawn_blocking(move || {
+            let records =
+                ShardReader::read(&view, position, limit, validate::MAX_GET_RECORDS_BYTES)?;
+            let last = ShardReader::last(&view)?;
+            Ok::<_, riptide_raft::StorageError>((records, last))
+        })
+        .await
+        .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))??;
+        let next = records
+            .last()
+            .map(|r| r.sequence_number.0 + 1)
+            .unwrap_or(it.position);
+        let millis_behind_latest = match (records.last(), last) {
+            (Some(r), Some((l, at))) if r.sequence_number < l => at.saturating_sub(r.arrival_ms),
+            _ => 0,
+        };
+        Ok(v1::GetRecordsResponse {
+            records: records
+                .into_iter()
+                .map(|r| v1::Record {
+                    sequence_number: r.sequence_number.to_string(),
+                    approximate_arrival_timestamp_ms: r.arrival_ms,
+                    data: r.data.to_vec(),
+                    partition_key: r.partition_key,
+                })
+                .collect(),
+            next_shard_iterator: ShardIterator {
+                position: next,
+                issued_ms: self.clock.now_ms(),
+                ..it
+            }
+            .encode(),
+            millis_behind_latest,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Administration
+    // -----------------------------------------------------------------------------------------
+
+    /// This node's own line of the cluster status.
+    pub fn local_status(&self) -> v1::NodeStatus {
+        let mut leaders = 0;
+        let mut replicas = 0;
+        for id in self.engine.group_ids() {
+            if id == CONTROLLER_GROUP {
+                continue;
+            }
+            replicas += 1;
+            if self.engine.group(id).ok().and_then(|g| g.leader()) == Some(NodeId(self.node_id())) {
+                leaders += 1;
+            }
+        }
+        let voter = self
+            .controller()
+            .map(|g| g.status().voters.contains(&NodeId(self.node_id())))
+            .unwrap_or(false);
+        v1::NodeStatus {
+            node_id: self.node_id(),
+            address: self.config.advertised().to_string(),
+            region: self.config.region.clone(),
+            zone: self.config.zone.clone(),
+            up: true,
+            shard_leaders: leaders,
+            shard_replicas: replicas,
+            controller_voter: voter,
+        }
+    }
+
+    pub async fn cluster_status(
+        &self,
+        local_only: bool,
+    ) -> Result<v1::ClusterStatusResponse, ServiceError> {
+        let controller = self.controller()?;
+        let streams = self.streams()?;
+        let mut out = v1::ClusterStatusResponse {
+            nodes: vec![self.local_status()],
+            controller_leader: controller.leader().map(|l| l.0).unwrap_or(0),
+            streams: streams.len() as u32,
+            shards: streams.iter().map(|s| s.shards.len() as u32).sum(),
+        };
+        if local_only {
+            return Ok(out);
+        }
+        let probes = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.id != self.node_id())
+            .map(|n| async move {
+                let probe = async {
+                    let mut req =
+                        tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
+                    req.set_timeout(Duration::from_secs(1));
+                    self.peers
+                        .admin(&n.address)
+                        .ok()?
+                        .cluster_status(req)
+                        .await
+                        .ok()
+                };
+                let answer = tokio::time::timeout(Duration::from_secs(2), probe)
+                    .await
+                    .ok()
+                    .flatten();
+                match answer.and_then(|a| a.into_inner().nodes.into_iter().next()) {
+                    Some(s) => s,
+                    None => v1::NodeStatus {
+                        node_id: n.id,
+                        address: n.address,
+                        region: n.region,
+                        zone: n.zone,
+                        up: false,
+                        ..Default::default()
+                    },
+                }
+            });
+        out.nodes.extend(futures::future::join_all(probes).await);
+        out.nodes.sort_by_key(|n| n.node_id);
+        Ok(out)
+    }
+
+    pub async fn transfer_shard_leader(
+        &self,
+        req: v1::TransferShardLeaderRequest,
+        hops: u32,
+    ) -> Result<(), ServiceError> {
+        let info = self.stream(&req.stream_name)?;
+        let shard = self.shard(&info, &req.shard_id)?;
+        if !shard.replicas.contains(&req.to_node) {
+            return Err(ServiceError::invalid(format!(
+                "to_node: node {} holds no replica of {} (replicas: {:?})",
+                req.to_node,
+                ShardId(shard.index),
+                shard.replicas
+            )));
+        }
+        match self.route(shard, hops).await? {
+            Route::Local(g) => Ok(g
+                .transfer_leader(NodeId(req.to_node), Duration::from_secs(10))
+                .await?),
+            Route::Remote(addrs) => self
+                .forward(&addrs, |addr| {
+                    let req = req.clone();
+                    async move {
+                        let mut c = self.peers.admin(&addr).map_err(tonic::Status::from)?;
+                        c.transfer_shard_leader(forwarded(req, hops + 1)).await
+                    }
+                })
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Moves every leadership this node holds (shards and the controller) to other voters.
+    pub async fn drain_local(&self) -> v1::DrainNodeResponse {
+        let me = NodeId(self.node_id());
+        let mut out = v1::DrainNodeResponse::default();
+        for id in self.engine.group_ids() {
+            let Ok(g) = self.engine.group(id) else {
+                continue;
+            };
+            let status = g.status();
+            if status.role != Role::Leader {
+                continue;
+            }
+            let mut moved = false;
+            for to in status.voters.iter().filter(|v| **v != me) {
+                if g.transfer_leader(*to, Duration::from_secs(5)).await.is_ok() {
+                    moved = true;
+                    break;
+                }
+            }
+            if id == CONTROLLER_GROUP {
+                continue;
+            }
+            if moved {
+                out.leaders_moved += 1;
+            } else {
+                out.leaders_remaining += 1;
+            }
+        }
+        out
+    }
+
+    pub async fn drain_node(
+        &self,
+        node: u64,
+        hops: u32,
+    ) -> Result<v1::DrainNodeResponse, ServiceError> {
+        if node == self.node_id() {
+            return Ok(self.drain_local().await);
+        }
+        let addr = self
+            .nodes()?
+            .into_iter()
+            .find(|n| n.id == node)
+            .map(|n| n.address)
+            .ok_or_else(|| {
+                ServiceError::not_found(format!(
+                    "node_id: node {node} is not a member of the cluster"
+                ))
+            })?;
+        if hops >= MAX_HOPS {
+            return Err(ServiceError::unavailable(
+                "drain request forwarded too often",
+            ));
+        }
+        Ok(self
+            .peers
+            .admin(&addr)?
+            .drain_node(forwarded(v1::DrainNodeRequest { node_id: node }, hops + 1))
+            .await?
+            .into_inner())
+    }
+}
+
+fn reply(raw: &[u8]) -> Result<ControllerReply, ServiceError> {
+    match decode_reply(raw) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(refusal)) => Err(ServiceError::new(refusal.code(), refusal.message)),
+        Err(e) => Err(ServiceError::internal(format!(
+            "controller reply not understood: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,377 @@
+//! A Riptide node: the engine, the gRPC server (Raft transport, stream, admin and node-internal
+//! services on one address) and the node's background tasks:
+//! - registration: the node records its address, region and zone in the controller;
+//! - the reconciler: creates the shard groups the controller placed on this node, forms those
+//!   it is first replica of, reports when their first leader is elected, removes the groups of
+//!   deleted streams, and (on the controller's leader) adds registered nodes to the controller
+//!   group as learners;
+//! - retention: each shard leader trims records older than its stream's retention.
+
+pub mod api;
+pub mod core;
+pub mod peers;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use riptide_proto::v1::admin_service_server::AdminServiceServer;
+use riptide_proto::v1::node_internal_server::NodeInternalServer;
+use riptide_proto::v1::stream_service_server::StreamServiceServer;
+use riptide_raft::{
+    EngineConfig, GroupId, GroupSettings, NodeId, RaftEngine, Role, StateMachine,
+    StateMachineFactory, StorageError, TransportSettings,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::controller::{
+    CONTROLLER_GROUP, ControllerCommand, ControllerMachine, ControllerView, NodeInfo, StreamStatus,
+};
+use crate::shard::{ShardCommand, ShardMachine, ShardReader};
+use api::Api;
+use core::{CONTROLLER_VOTERS, Core};
+
+const KIND_CONTROLLER: &[u8] = b"controller";
+const KIND_SHARD: &[u8] = b"shard";
+/// Largest gRPC message a node accepts from clients: a 5 MiB PutRecords call or a 10 MiB
+/// GetRecords answer, with room for framing.
+const MAX_API_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+struct Factory {
+    shard_applied: Arc<watch::Sender<u64>>,
+    controller_applied: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachineFactory for Factory {
+    fn create(&self, group: GroupId, kind: &[u8]) -> Result<Box<dyn StateMachine>, StorageError> {
+        match kind {
+            KIND_CONTROLLER => Ok(Box::new(ControllerMachine::new(
+                self.controller_applied.clone(),
+            ))),
+            KIND_SHARD => Ok(Box::new(ShardMachine::new(self.shard_applied.clone()))),
+            other => Err(StorageError::Corrupt {
+                what: format!("group {group} registration"),
+                reason: format!("unknown group kind {:?}", String::from_utf8_lossy(other)),
+            }),
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    core: Arc<Core>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the node's data, binds its address and starts serving.
+    pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        config.validate()?;
+        let shard_applied = Arc::new(watch::channel(0u64).0);
+        let controller_applied = Arc::new(watch::channel(0u64).0);
+        let factory = Factory {
+            shard_applied: shard_applied.clone(),
+            controller_applied: controller_applied.clone(),
+        };
+        let id = NodeId(config.node_id);
+        let engine = RaftEngine::open(EngineConfig::new(id, &config.data_dir), Arc::new(factory))
+            .await
+            .with_context(|| format!("opening node {id} in {}", config.data_dir.display()))?;
+        if engine.group(CONTROLLER_GROUP).is_err() {
+            engine
+                .create_group(
+                    CONTROLLER_GROUP,
+                    GroupSettings::controller(),
+                    KIND_CONTROLLER,
+                )
+                .await
+                .context("creating the controller group")?;
+        }
+        let members = config.initial_members()?;
+        let voters: BTreeMap<NodeId, String> = members
+            .iter()
+            .take(CONTROLLER_VOTERS)
+            .map(|m| (NodeId(m.id), m.address.clone()))
+            .collect();
+        if voters.keys().next() == Some(&id) {
+            engine
+                .group(CONTROLLER_GROUP)?
+                .initialize(voters)
+                .await
+                .context("forming the controller group")?;
+        }
+
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let core = Arc::new(Core::new(
+            config,
+            engine.clone(),
+            clock,
+            shard_applied.subscribe(),
+            controller_applied.subscribe(),
+            stopped.clone(),
+        ));
+        let api = Api::new(core.clone());
+        let mut builder = riptide_raft::transport::server_builder(&TransportSettings::default());
+        let router = builder
+            .add_service(engine.service())
+            .add_service(
+                StreamServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
+            )
+            .add_service(AdminServiceServer::new(api.clone()))
+            .add_service(NodeInternalServer::new(api));
+        let mut server_stop = stopped.clone();
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = server_stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+        });
+        let tasks = vec![
+            tokio::spawn(register(core.clone())),
+            tokio::spawn(reconcile_loop(core.clone())),
+            tokio::spawn(retention_loop(core.clone())),
+        ];
+        tracing::info!(node_id = %id, %addr, "node started");
+        Ok(Self {
+            core,
+            addr,
+            stop,
+            server,
+            tasks,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.core.node_id()
+    }
+
+    /// The address the node listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &RaftEngine {
+        &self.core.engine
+    }
+
+    /// The nodes registered in the controller, as this node has applied it.
+    pub fn core_nodes(&self) -> Result<Vec<NodeInfo>, crate::error::ServiceError> {
+        self.core.nodes()
+    }
+
+    /// Stops the server, the background tasks, every group, then storage.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        let abort = self.server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        self.core.engine.shutdown().await;
+    }
+}
+
+/// Waits `d`, or less when the node shuts down; returns false on shutdown.
+async fn pause(core: &Core, d: Duration) -> bool {
+    let mut stop = core.shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => !*core.shutdown.borrow(),
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
+/// Records this node in the controller, retrying until it is there.
+async fn register(core: Arc<Core>) {
+    let me = NodeInfo {
+        id: core.node_id(),
+        address: core.config.advertised().to_string(),
+        region: core.config.region.clone(),
+        zone: core.config.zone.clone(),
+    };
+    loop {
+        let known = core
+            .nodes()
+            .ok()
+            .and_then(|nodes| nodes.into_iter().find(|n| n.id == me.id));
+        if known.as_ref() == Some(&me) {
+            return;
+        }
+        match core
+            .propose(&ControllerCommand::RegisterNode(me.clone()), 0)
+            .await
+        {
+            Ok(_) => tracing::info!(node_id = me.id, "registered with the controller"),
+            Err(e) => tracing::debug!("registration not taken yet: {e}"),
+        }
+        if !pause(&core, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+}
+
+async fn reconcile_loop(core: Arc<Core>) {
+    let mut changed = core.controller_applied.clone();
+    let mut formed: HashSet<u64> = HashSet::new();
+    let mut stop = core.shutdown.clone();
+    loop {
+        if let Err(e) = reconcile(&core, &mut formed).await {
+            tracing::debug!("reconcile: {e}");
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One pass of the reconciler; see the module docs.
+async fn reconcile(
+    core: &Core,
+    formed: &mut HashSet<u64>,
+) -> Result<(), crate::error::ServiceError> {
+    let me = core.node_id();
+    let controller = core.controller()?;
+    let nodes = core.nodes()?;
+    let streams = core.streams()?;
+    let addrs: HashMap<u64, String> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+
+    // On the controller's leader: every registered node follows the controller as a learner.
+    let status = controller.status();
+    if status.role == Role::Leader {
+        for n in &nodes {
+            let id = NodeId(n.id);
+            if !status.voters.contains(&id) && !status.learners.contains(&id) {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    controller.add_learner(id, n.address.clone()),
+                )
+                .await
+                {
+                    Ok(Ok(())) => tracing::info!(node_id = n.id, "node follows the controller"),
+                    Ok(Err(e)) => tracing::debug!(node_id = n.id, "adding controller learner: {e}"),
+                    Err(_) => {
+                        tracing::debug!(node_id = n.id, "controller learner still catching up")
+                    }
+                }
+            }
+        }
+    }
+
+    let mut wanted: BTreeSet<GroupId> = BTreeSet::new();
+    for s in &streams {
+        for sh in &s.shards {
+            if !sh.replicas.contains(&me) {
+                continue;
+            }
+            let gid = GroupId(sh.group);
+            wanted.insert(gid);
+            let group = match core.engine.group(gid) {
+                Ok(g) => g,
+                Err(_) => {
+                    core.engine
+                        .create_group(gid, GroupSettings::data_shard(), KIND_SHARD)
+                        .await?
+                }
+            };
+            if sh.replicas.first() == Some(&me) && !formed.contains(&sh.group) {
+                let members: BTreeMap<NodeId, String> = sh
+                    .replicas
+                    .iter()
+                    .filter_map(|r| addrs.get(r).map(|a| (NodeId(*r), a.clone())))
+                    .collect();
+                if members.len() == sh.replicas.len() {
+                    group.initialize(members).await?;
+                    formed.insert(sh.group);
+                }
+            }
+            if !sh.ready && group.status().role == Role::Leader {
+                core.propose(
+                    &ControllerCommand::ShardReady {
+                        stream: s.name.clone(),
+                        created_ms: s.created_ms,
+                        shard: sh.index,
+                    },
+                    0,
+                )
+                .await?;
+            }
+        }
+    }
+    for gid in core.engine.group_ids() {
+        if gid != CONTROLLER_GROUP && !wanted.contains(&gid) {
+            tracing::info!(group_id = %gid, "removing a shard no longer placed on this node");
+            core.engine.delete_group(gid).await?;
+            formed.remove(&gid.0);
+        }
+    }
+    Ok(())
+}
+
+async fn retention_loop(core: Arc<Core>) {
+    let every = Duration::from_millis(core.config.retention_check_interval_ms);
+    while pause(&core, every).await {
+        if let Err(e) = trim_expired(&core).await {
+            tracing::warn!("retention pass failed: {e}");
+        }
+    }
+}
+
+/// On every shard this node leads, removes the records older than the stream's retention.
+async fn trim_expired(core: &Core) -> Result<(), crate::error::ServiceError> {
+    let controller = core.controller()?;
+    let now = core.clock.now_ms();
+    for s in ControllerView::streams(controller.view())? {
+        if s.status != StreamStatus::Active {
+            continue;
+        }
+        let before_ms = now.saturating_sub(u64::from(s.retention_hours) * 3_600_000);
+        for sh in &s.shards {
+            let Ok(group) = core.engine.group(GroupId(sh.group)) else {
+                continue;
+            };
+            if group.status().role != Role::Leader {
+                continue;
+            }
+            let Some(first) = ShardReader::first(group.view())? else {
+                continue;
+            };
+            if first.arrival_ms < before_ms {
+                group
+                    .write(ShardCommand::Trim { before_ms }.encode())
+                    .await?;
+                tracing::debug!(stream = %s.name, shard = sh.index, before_ms, "trimmed expired records");
+            }
+        }
+    }
+    Ok(())
+}

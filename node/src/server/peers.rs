@@ -1,0 +1,80 @@
+//! gRPC clients to other nodes, for forwarding requests to a shard's or the controller's
+//! leader. Channels are cached per address and connect lazily.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use riptide_proto::v1::admin_service_client::AdminServiceClient;
+use riptide_proto::v1::node_internal_client::NodeInternalClient;
+use riptide_proto::v1::stream_service_client::StreamServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ServiceError;
+
+/// Metadata key with how many times a request was forwarded between nodes.
+pub const HOPS_HEADER: &str = "x-riptide-hops";
+/// Metadata key set on a response that another node served: that node's address.
+pub const FORWARDED_HEADER: &str = "x-riptide-forwarded-to";
+/// A request is forwarded at most this many times, so that nodes with stale views of who
+/// leads cannot bounce it between them forever.
+pub const MAX_HOPS: u32 = 2;
+
+/// How long a forwarded call may take.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message between nodes: a full PutRecords call or GetRecords answer, plus framing.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    fn channel(&self, addr: &str) -> Result<Channel, ServiceError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ServiceError::internal(format!("bad peer address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn stream(&self, addr: &str) -> Result<StreamServiceClient<Channel>, ServiceError> {
+        Ok(StreamServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub fn admin(&self, addr: &str) -> Result<AdminServiceClient<Channel>, ServiceError> {
+        Ok(AdminServiceClient::new(self.channel(addr)?))
+    }
+
+    pub fn internal(&self, addr: &str) -> Result<NodeInternalClient<Channel>, ServiceError> {
+        Ok(NodeInternalClient::new(self.channel(addr)?))
+    }
+}
+
+/// A request to forward, carrying its hop count and a deadline.
+pub fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(HOPS_HEADER, hops.into());
+    req.set_timeout(FORWARD_TIMEOUT);
+    req
+}
+
+/// The hop count of an incoming request (0 from a client).
+pub fn hops_of<T>(req: &tonic::Request<T>) -> u32 {
+    req.metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
