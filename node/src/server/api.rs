@@ -2,7 +2,7 @@
 //! answer. No logic of their own.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::Stream;
@@ -19,14 +19,25 @@ use crate::server::core::Core;
 use crate::server::peers::hops_of;
 
 /// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
+///
+/// Holds the core weakly: connections that peers keep open after this node shut down must not
+/// keep its storage open (a restarted node could not open it again).
 #[derive(Clone)]
 pub struct Api {
-    core: Arc<Core>,
+    core: Weak<Core>,
 }
 
 impl Api {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(core: &Arc<Core>) -> Self {
+        Self {
+            core: Arc::downgrade(core),
+        }
+    }
+
+    fn core(&self) -> Result<Arc<Core>, Status> {
+        self.core
+            .upgrade()
+            .ok_or_else(|| ServiceError::unavailable("this node is shutting down").into())
     }
 }
 
@@ -43,13 +54,13 @@ impl StreamService for Api {
         &self,
         req: Request<v1::CreateStreamRequest>,
     ) -> Reply<v1::CreateStreamResponse> {
+        let core = self.core()?;
         let r = req.into_inner();
-        let s = self
-            .core
+        let s = core
             .create_stream(&r.stream_name, r.shard_count, r.retention_period_hours)
             .await?;
         ok(v1::CreateStreamResponse {
-            stream: Some(self.core.describe(&s)),
+            stream: Some(core.describe(&s)),
         })
     }
 
@@ -58,9 +69,8 @@ impl StreamService for Api {
         &self,
         req: Request<v1::DeleteStreamRequest>,
     ) -> Reply<v1::DeleteStreamResponse> {
-        self.core
-            .delete_stream(&req.into_inner().stream_name)
-            .await?;
+        let core = self.core()?;
+        core.delete_stream(&req.into_inner().stream_name).await?;
         ok(v1::DeleteStreamResponse {})
     }
 
@@ -68,9 +78,10 @@ impl StreamService for Api {
         &self,
         req: Request<v1::DescribeStreamRequest>,
     ) -> Reply<v1::DescribeStreamResponse> {
-        let s = self.core.stream(&req.into_inner().stream_name)?;
+        let core = self.core()?;
+        let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::DescribeStreamResponse {
-            stream: Some(self.core.describe(&s)),
+            stream: Some(core.describe(&s)),
         })
     }
 
@@ -78,6 +89,7 @@ impl StreamService for Api {
         &self,
         req: Request<v1::ListStreamsRequest>,
     ) -> Reply<v1::ListStreamsResponse> {
+        let core = self.core()?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 100,
@@ -88,8 +100,7 @@ impl StreamService for Api {
                 );
             }
         };
-        let mut streams: Vec<_> = self
-            .core
+        let mut streams: Vec<_> = core
             .streams()?
             .into_iter()
             .filter(|s| s.name.as_str() > r.exclusive_start_stream_name.as_str())
@@ -98,7 +109,7 @@ impl StreamService for Api {
         let has_more_streams = streams.len() > limit;
         streams.truncate(limit);
         ok(v1::ListStreamsResponse {
-            streams: streams.iter().map(|s| self.core.describe(s)).collect(),
+            streams: streams.iter().map(|s| core.describe(s)).collect(),
             has_more_streams,
         })
     }
@@ -107,9 +118,10 @@ impl StreamService for Api {
         &self,
         req: Request<v1::ListShardsRequest>,
     ) -> Reply<v1::ListShardsResponse> {
-        let s = self.core.stream(&req.into_inner().stream_name)?;
+        let core = self.core()?;
+        let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::ListShardsResponse {
-            shards: self.core.describe(&s).shards,
+            shards: core.describe(&s).shards,
         })
     }
 
@@ -117,14 +129,15 @@ impl StreamService for Api {
         &self,
         req: Request<v1::UpdateRetentionRequest>,
     ) -> Reply<v1::UpdateRetentionResponse> {
+        let core = self.core()?;
         let r = req.into_inner();
-        self.core
-            .set_retention(&r.stream_name, r.retention_period_hours)
+        core.set_retention(&r.stream_name, r.retention_period_hours)
             .await?;
         ok(v1::UpdateRetentionResponse {})
     }
 
     async fn put_record(&self, req: Request<v1::PutRecordRequest>) -> Reply<v1::PutRecordResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
         if let Some(s) = &r.sequence_number_for_ordering {
@@ -137,8 +150,7 @@ impl StreamService for Api {
             explicit_hash_key: r.explicit_hash_key,
         };
         // Field names of PutRecord have no `records[0].` prefix.
-        let mut results = self
-            .core
+        let mut results = core
             .put_records(&r.stream_name, vec![entry], hops)
             .await
             .map_err(|mut e| {
@@ -158,12 +170,10 @@ impl StreamService for Api {
         &self,
         req: Request<v1::PutRecordsRequest>,
     ) -> Reply<v1::PutRecordsResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        let results = self
-            .core
-            .put_records(&r.stream_name, r.records, hops)
-            .await?;
+        let results = core.put_records(&r.stream_name, r.records, hops).await?;
         let mut failed = 0;
         let records = results
             .into_iter()
@@ -193,8 +203,9 @@ impl StreamService for Api {
         &self,
         req: Request<v1::GetShardIteratorRequest>,
     ) -> Reply<v1::GetShardIteratorResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
-        let shard_iterator = self.core.get_shard_iterator(req.into_inner(), hops).await?;
+        let shard_iterator = core.get_shard_iterator(req.into_inner(), hops).await?;
         ok(v1::GetShardIteratorResponse { shard_iterator })
     }
 
@@ -202,12 +213,10 @@ impl StreamService for Api {
         &self,
         req: Request<v1::GetRecordsRequest>,
     ) -> Reply<v1::GetRecordsResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        ok(self
-            .core
-            .get_records(&r.shard_iterator, r.limit, hops)
-            .await?)
+        ok(core.get_records(&r.shard_iterator, r.limit, hops).await?)
     }
 
     type SubscribeToShardStream =
@@ -217,11 +226,11 @@ impl StreamService for Api {
         &self,
         req: Request<v1::SubscribeToShardRequest>,
     ) -> Reply<Self::SubscribeToShardStream> {
+        let core = self.core()?;
         let r = req.into_inner();
         StreamName::new(r.stream_name.as_str()).map_err(ServiceError::from)?;
         r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
-        let first = self
-            .core
+        let first = core
             .get_shard_iterator(
                 v1::GetShardIteratorRequest {
                     stream_name: r.stream_name.clone(),
@@ -233,7 +242,6 @@ impl StreamService for Api {
                 0,
             )
             .await?;
-        let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut iterator = first;
@@ -288,13 +296,12 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ClusterStatusRequest>,
     ) -> Reply<v1::ClusterStatusResponse> {
-        ok(self
-            .core
-            .cluster_status(req.into_inner().local_only)
-            .await?)
+        let core = self.core()?;
+        ok(core.cluster_status(req.into_inner().local_only).await?)
     }
 
     async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Reply<v1::AddNodeResponse> {
+        let core = self.core()?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(ServiceError::invalid("node_id: must be at least 1").into());
@@ -316,8 +323,7 @@ impl AdminService for Api {
                 r.zone
             },
         };
-        self.core
-            .propose(&ControllerCommand::RegisterNode(info), 0)
+        core.propose(&ControllerCommand::RegisterNode(info), 0)
             .await?;
         ok(v1::AddNodeResponse {})
     }
@@ -326,9 +332,9 @@ impl AdminService for Api {
         &self,
         req: Request<v1::RemoveNodeRequest>,
     ) -> Reply<v1::RemoveNodeResponse> {
+        let core = self.core()?;
         let id = req.into_inner().node_id;
-        self.core
-            .propose(&ControllerCommand::RemoveNode { id }, 0)
+        core.propose(&ControllerCommand::RemoveNode { id }, 0)
             .await?;
         ok(v1::RemoveNodeResponse {})
     }
@@ -337,16 +343,16 @@ impl AdminService for Api {
         &self,
         req: Request<v1::TransferShardLeaderRequest>,
     ) -> Reply<v1::TransferShardLeaderResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
-        self.core
-            .transfer_shard_leader(req.into_inner(), hops)
-            .await?;
+        core.transfer_shard_leader(req.into_inner(), hops).await?;
         ok(v1::TransferShardLeaderResponse {})
     }
 
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Reply<v1::DrainNodeResponse> {
+        let core = self.core()?;
         let hops = hops_of(&req);
-        ok(self.core.drain_node(req.into_inner().node_id, hops).await?)
+        ok(core.drain_node(req.into_inner().node_id, hops).await?)
     }
 }
 
@@ -356,11 +362,9 @@ impl NodeInternal for Api {
         &self,
         req: Request<v1::ControllerProposal>,
     ) -> Reply<v1::ControllerOutcome> {
+        let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        ok(self
-            .core
-            .propose_forwarded(&r.command, hops.max(r.hops))
-            .await?)
+        ok(core.propose_forwarded(&r.command, hops.max(r.hops)).await?)
     }
 }

@@ -122,7 +122,7 @@ impl Node {
             controller_applied.subscribe(),
             stopped.clone(),
         ));
-        let api = Api::new(core.clone());
+        let api = Api::new(&core);
         let mut builder = riptide_raft::transport::server_builder(&TransportSettings::default());
         let router = builder
             .add_service(engine.service())
@@ -177,7 +177,8 @@ impl Node {
         self.core.nodes()
     }
 
-    /// Stops the server, the background tasks, every group, then storage.
+    /// Stops the node: background tasks, then every group (so that the other replicas elect
+    /// new leaders at once), then the server and storage.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -189,14 +190,15 @@ impl Node {
                 abort.abort();
             }
         }
+        self.core.engine.shutdown().await;
+        // Peers keep their connections open; requests still in flight get a moment to finish.
         let abort = self.server.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), self.server)
+        if tokio::time::timeout(Duration::from_secs(1), self.server)
             .await
             .is_err()
         {
             abort.abort();
         }
-        self.core.engine.shutdown().await;
     }
 }
 
