@@ -25,7 +25,11 @@ fn ranges(d: &v1::StreamDescription) -> Vec<HashKeyRange> {
 
 /// Puts `records` as (partition key, data) through node `via`, 500 per call; returns the
 /// shard index and sequence number of each, in order.
-async fn put_all(api: &mut common::Api, stream: &str, records: &[(String, String)]) -> Vec<(u32, SequenceNumber)> {
+async fn put_all(
+    api: &mut common::Api,
+    stream: &str,
+    records: &[(String, String)],
+) -> Vec<(u32, SequenceNumber)> {
     let mut out = Vec::new();
     for chunk in records.chunks(500) {
         let resp = api
@@ -43,10 +47,18 @@ async fn put_all(api: &mut common::Api, stream: &str, records: &[(String, String
             .await
             .expect("put records")
             .into_inner();
-        assert_eq!(resp.failed_record_count, 0, "{:?}", resp.records.iter().find(|r| !r.error_code.is_empty()));
+        assert_eq!(
+            resp.failed_record_count,
+            0,
+            "{:?}",
+            resp.records.iter().find(|r| !r.error_code.is_empty())
+        );
         for r in resp.records {
             let shard: riptide_proto::ShardId = r.shard_id.parse().expect("shard id");
-            out.push((shard.0, SequenceNumber::parse(&r.sequence_number, "seq").expect("seq")));
+            out.push((
+                shard.0,
+                SequenceNumber::parse(&r.sequence_number, "seq").expect("seq"),
+            ));
         }
     }
     out
@@ -77,26 +89,45 @@ async fn records_route_by_md5_and_read_back_in_order() {
     let mut api = cluster.api(1).await;
     let mut read: BTreeMap<u32, Vec<v1::Record>> = BTreeMap::new();
     for shard in 0..4 {
-        let it = iterator(&mut api, "orders", shard, ShardIteratorType::TrimHorizon, "", 0)
-            .await
-            .expect("iterator");
+        let it = iterator(
+            &mut api,
+            "orders",
+            shard,
+            ShardIteratorType::TrimHorizon,
+            "",
+            0,
+        )
+        .await
+        .expect("iterator");
         let recs = read_from(&mut api, it).await;
         let seqs: Vec<u64> = recs
             .iter()
-            .map(|r| SequenceNumber::parse(&r.sequence_number, "seq").expect("seq").0)
+            .map(|r| {
+                SequenceNumber::parse(&r.sequence_number, "seq")
+                    .expect("seq")
+                    .0
+            })
             .collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "shard {shard}: sequence numbers not increasing");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "shard {shard}: sequence numbers not increasing"
+        );
         read.insert(shard, recs);
     }
     assert_eq!(read.values().map(Vec::len).sum::<usize>(), records.len());
     // Each record is where its acknowledgement said, and each key's records are in put order.
     let by_seq: BTreeMap<(u32, String), &v1::Record> = read
         .iter()
-        .flat_map(|(s, recs)| recs.iter().map(move |r| ((*s, r.sequence_number.clone()), r)))
+        .flat_map(|(s, recs)| {
+            recs.iter()
+                .map(move |r| ((*s, r.sequence_number.clone()), r))
+        })
         .collect();
     let mut per_key: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for ((key, data), (shard, seq)) in records.iter().zip(&acks) {
-        let r = by_seq.get(&(*shard, seq.to_string())).expect("acknowledged record is readable");
+        let r = by_seq
+            .get(&(*shard, seq.to_string()))
+            .expect("acknowledged record is readable");
         assert_eq!(String::from_utf8_lossy(&r.data), *data);
         assert_eq!(&r.partition_key, key);
         per_key.entry(key).or_default().push(data.clone());
@@ -104,10 +135,15 @@ async fn records_route_by_md5_and_read_back_in_order() {
     for (shard, recs) in &read {
         let mut seen: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for r in recs {
-            seen.entry(&r.partition_key).or_default().push(String::from_utf8_lossy(&r.data).into());
+            seen.entry(&r.partition_key)
+                .or_default()
+                .push(String::from_utf8_lossy(&r.data).into());
         }
         for (key, datas) in seen {
-            assert_eq!(&datas, &per_key[key], "shard {shard}: records of {key} out of order");
+            assert_eq!(
+                &datas, &per_key[key],
+                "shard {shard}: records of {key} out of order"
+            );
         }
     }
 
@@ -115,42 +151,86 @@ async fn records_route_by_md5_and_read_back_in_order() {
     let all = &read[&0];
     assert!(all.len() > 10);
     let mid = &all[all.len() / 2];
-    let at = iterator(&mut api, "orders", 0, ShardIteratorType::AtSequenceNumber, &mid.sequence_number, 0)
-        .await
-        .expect("at");
+    let at = iterator(
+        &mut api,
+        "orders",
+        0,
+        ShardIteratorType::AtSequenceNumber,
+        &mid.sequence_number,
+        0,
+    )
+    .await
+    .expect("at");
     assert_eq!(read_from(&mut api, at).await, all[all.len() / 2..].to_vec());
-    let after = iterator(&mut api, "orders", 0, ShardIteratorType::AfterSequenceNumber, &mid.sequence_number, 0)
-        .await
-        .expect("after");
-    assert_eq!(read_from(&mut api, after).await, all[all.len() / 2 + 1..].to_vec());
+    let after = iterator(
+        &mut api,
+        "orders",
+        0,
+        ShardIteratorType::AfterSequenceNumber,
+        &mid.sequence_number,
+        0,
+    )
+    .await
+    .expect("after");
+    assert_eq!(
+        read_from(&mut api, after).await,
+        all[all.len() / 2 + 1..].to_vec()
+    );
     let ts = all[all.len() / 2].approximate_arrival_timestamp_ms;
-    let at_ts = iterator(&mut api, "orders", 0, ShardIteratorType::AtTimestamp, "", ts)
-        .await
-        .expect("at timestamp");
+    let at_ts = iterator(
+        &mut api,
+        "orders",
+        0,
+        ShardIteratorType::AtTimestamp,
+        "",
+        ts,
+    )
+    .await
+    .expect("at timestamp");
     let from_ts = read_from(&mut api, at_ts).await;
-    let want: Vec<_> = all.iter().filter(|r| r.approximate_arrival_timestamp_ms >= ts).cloned().collect();
+    let want: Vec<_> = all
+        .iter()
+        .filter(|r| r.approximate_arrival_timestamp_ms >= ts)
+        .cloned()
+        .collect();
     assert_eq!(from_ts, want);
     let latest = iterator(&mut api, "orders", 0, ShardIteratorType::Latest, "", 0)
         .await
         .expect("latest");
     let empty = api
-        .get_records(v1::GetRecordsRequest { shard_iterator: latest.clone(), limit: 0 })
+        .get_records(v1::GetRecordsRequest {
+            shard_iterator: latest.clone(),
+            limit: 0,
+        })
         .await
         .expect("get")
         .into_inner();
     assert!(empty.records.is_empty());
     assert_eq!(empty.millis_behind_latest, 0);
     // A key that routes to shard 0 for the records after LATEST.
-    let key0 = (0..).map(|i| format!("late-{i}")).find(|k| shard_for(&ranges, hash_key_of(k)) == Some(0)).expect("key");
-    let late: Vec<(String, String)> = (0..3).map(|i| (key0.clone(), format!("late-{i}"))).collect();
+    let key0 = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|k| shard_for(&ranges, hash_key_of(k)) == Some(0))
+        .expect("key");
+    let late: Vec<(String, String)> = (0..3)
+        .map(|i| (key0.clone(), format!("late-{i}")))
+        .collect();
     put_all(&mut api, "orders", &late).await;
     let got = read_from(&mut api, latest).await;
-    let datas: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.data).into()).collect();
+    let datas: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into())
+        .collect();
     assert_eq!(datas, ["late-0", "late-1", "late-2"]);
     // A partial read reports how far behind the newest record it is.
-    let th = iterator(&mut api, "orders", 0, ShardIteratorType::TrimHorizon, "", 0).await.expect("th");
+    let th = iterator(&mut api, "orders", 0, ShardIteratorType::TrimHorizon, "", 0)
+        .await
+        .expect("th");
     let first = api
-        .get_records(v1::GetRecordsRequest { shard_iterator: th, limit: 1 })
+        .get_records(v1::GetRecordsRequest {
+            shard_iterator: th,
+            limit: 1,
+        })
         .await
         .expect("get")
         .into_inner();
@@ -167,7 +247,9 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
     let mut cluster = TestCluster::start(3, |c| c.retention_check_interval_ms = 200).await;
     cluster.create_active(0, "keep", 2).await;
     let mut api = cluster.api(0).await;
-    let old: Vec<(String, String)> = (0..300).map(|i| (format!("k{}", i % 7), format!("old-{i}"))).collect();
+    let old: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("k{}", i % 7), format!("old-{i}")))
+        .collect();
     let acks = put_all(&mut api, "keep", &old).await;
     drop(api);
 
@@ -177,13 +259,23 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
     let mut count = 0;
     for shard in 0..2 {
         // Right after a restart the shards elect leaders again; reads wait for them.
-        let it = iterator(&mut api, "keep", shard, ShardIteratorType::TrimHorizon, "", 0)
-            .await
-            .expect("iterator after restart");
+        let it = iterator(
+            &mut api,
+            "keep",
+            shard,
+            ShardIteratorType::TrimHorizon,
+            "",
+            0,
+        )
+        .await
+        .expect("iterator after restart");
         let recs = read_from(&mut api, it).await;
         for r in &recs {
             let seq = SequenceNumber::parse(&r.sequence_number, "seq").expect("seq");
-            assert!(acks.contains(&(shard, seq)), "record {seq} was never acknowledged");
+            assert!(
+                acks.contains(&(shard, seq)),
+                "record {seq} was never acknowledged"
+            );
         }
         count += recs.len();
     }
@@ -191,22 +283,40 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
 
     // 25 hours later the records are past the default retention of 24 hours.
     cluster.clock.advance(25 * 3_600_000);
-    let fresh: Vec<(String, String)> = (0..20).map(|i| (format!("k{}", i % 7), format!("new-{i}"))).collect();
+    let fresh: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("k{}", i % 7), format!("new-{i}")))
+        .collect();
     put_all(&mut api, "keep", &fresh).await;
     let want = fresh.len();
-    eventually(Duration::from_secs(30), "old records trimmed on every shard", || {
-        let mut api = api.clone();
-        async move {
-            let mut datas = Vec::new();
-            for shard in 0..2 {
-                let it = iterator(&mut api, "keep", shard, ShardIteratorType::TrimHorizon, "", 0)
+    eventually(
+        Duration::from_secs(30),
+        "old records trimmed on every shard",
+        || {
+            let mut api = api.clone();
+            async move {
+                let mut datas = Vec::new();
+                for shard in 0..2 {
+                    let it = iterator(
+                        &mut api,
+                        "keep",
+                        shard,
+                        ShardIteratorType::TrimHorizon,
+                        "",
+                        0,
+                    )
                     .await
                     .expect("iterator");
-                datas.extend(read_from(&mut api, it).await.into_iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()));
+                    datas.extend(
+                        read_from(&mut api, it)
+                            .await
+                            .into_iter()
+                            .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
+                    );
+                }
+                datas.len() == want && datas.iter().all(|d| d.starts_with("new-"))
             }
-            datas.len() == want && datas.iter().all(|d| d.starts_with("new-"))
-        }
-    })
+        },
+    )
     .await;
     // Every replica trimmed, not only the leaders: each node's copy holds only the new records.
     let groups = shard_groups(cluster.node(0).expect("node 0"), "keep");
@@ -214,7 +324,9 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
         (0..3).all(|i| {
             groups.iter().all(|g| {
                 let node = cluster.node(i).expect("up");
-                let Ok(group) = node.engine().group(riptide_raft::GroupId(*g)) else { return false };
+                let Ok(group) = node.engine().group(riptide_raft::GroupId(*g)) else {
+                    return false;
+                };
                 riptide_node::shard::ShardReader::read(group.view(), 0, usize::MAX, usize::MAX)
                     .map(|recs| recs.iter().all(|r| r.data.starts_with(b"new-")))
                     .unwrap_or(false)
@@ -246,50 +358,246 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
             })
             .collect(),
     };
-    let good_it = iterator(&mut api, "t", 0, ShardIteratorType::TrimHorizon, "", 0).await.expect("it");
+    let good_it = iterator(&mut api, "t", 0, ShardIteratorType::TrimHorizon, "", 0)
+        .await
+        .expect("it");
     let mut forged = good_it.clone().into_bytes();
     forged[4] = if forged[4] == b'a' { b'b' } else { b'a' };
     let forged = String::from_utf8(forged).expect("ascii");
 
-    type Case = (&'static str, Result<(), tonic::Status>, ErrorCode, &'static [&'static str]);
+    type Case = (
+        &'static str,
+        Result<(), tonic::Status>,
+        ErrorCode,
+        &'static [&'static str],
+    );
     let mut a = api.clone();
     let cases: Vec<Case> = vec![
-        ("empty partition key", a.put_record(put("", b"x".to_vec())).await.map(|_| ()), ErrorCode::InvalidArgument, &["partition_key", "256"]),
-        ("long partition key", a.put_record(put(&"k".repeat(257), b"x".to_vec())).await.map(|_| ()), ErrorCode::InvalidArgument, &["partition_key", "256"]),
-        ("oversized record", a.put_record(put("k", vec![0; 1024 * 1024])).await.map(|_| ()), ErrorCode::InvalidArgument, &["data", "1048576"]),
-        ("too many records", a.put_records(many(501, 1)).await.map(|_| ()), ErrorCode::InvalidArgument, &["records", "500"]),
-        ("too many bytes", a.put_records(many(6, 1000 * 1000)).await.map(|_| ()), ErrorCode::InvalidArgument, &["records", "5 MiB"]),
-        ("no records", a.put_records(many(0, 1)).await.map(|_| ()), ErrorCode::InvalidArgument, &["records", "500"]),
-        ("bad explicit hash key", a.put_record(v1::PutRecordRequest { explicit_hash_key: Some("2e40".into()), ..put("k", b"x".to_vec()) }).await.map(|_| ()), ErrorCode::InvalidArgument, &["explicit_hash_key"]),
-        ("bad sequence number", iterator(&mut a, "t", 0, ShardIteratorType::AtSequenceNumber, "12ab", 0).await.map(|_| ()), ErrorCode::InvalidArgument, &["starting_sequence_number"]),
-        ("sequence number past the end", iterator(&mut a, "t", 0, ShardIteratorType::AfterSequenceNumber, "99999999999999999", 0).await.map(|_| ()), ErrorCode::InvalidArgument, &["starting_sequence_number"]),
-        ("missing iterator type", iterator(&mut a, "t", 0, ShardIteratorType::Unspecified, "", 0).await.map(|_| ()), ErrorCode::InvalidArgument, &["shard_iterator_type"]),
-        ("unknown stream", a.put_record(v1::PutRecordRequest { stream_name: "nope".into(), ..put("k", b"x".to_vec()) }).await.map(|_| ()), ErrorCode::NotFound, &["stream_name", "nope"]),
-        ("bad stream name", a.describe_stream(v1::DescribeStreamRequest { stream_name: "a/b".into() }).await.map(|_| ()), ErrorCode::InvalidArgument, &["stream_name"]),
-        ("unknown shard", iterator(&mut a, "t", 7, ShardIteratorType::TrimHorizon, "", 0).await.map(|_| ()), ErrorCode::NotFound, &["shard_id", "1 shards"]),
-        ("malformed shard id", a.get_shard_iterator(v1::GetShardIteratorRequest { stream_name: "t".into(), shard_id: "shard-x".into(), shard_iterator_type: 1, ..Default::default() }).await.map(|_| ()), ErrorCode::InvalidArgument, &["shard_id"]),
-        ("duplicate stream", a.create_stream(v1::CreateStreamRequest { stream_name: "t".into(), shard_count: 1, retention_period_hours: 0 }).await.map(|_| ()), ErrorCode::AlreadyExists, &["stream_name", "already exists"]),
-        ("zero shards", a.create_stream(v1::CreateStreamRequest { stream_name: "z".into(), shard_count: 0, retention_period_hours: 0 }).await.map(|_| ()), ErrorCode::InvalidArgument, &["shard_count", "256"]),
-        ("retention too long", a.create_stream(v1::CreateStreamRequest { stream_name: "z".into(), shard_count: 1, retention_period_hours: 9000 }).await.map(|_| ()), ErrorCode::InvalidArgument, &["retention_period_hours", "8760"]),
-        ("garbage iterator", a.get_records(v1::GetRecordsRequest { shard_iterator: "garbage".into(), limit: 0 }).await.map(|_| ()), ErrorCode::InvalidArgument, &["shard_iterator"]),
-        ("forged iterator", a.get_records(v1::GetRecordsRequest { shard_iterator: forged, limit: 0 }).await.map(|_| ()), ErrorCode::InvalidArgument, &["shard_iterator"]),
-        ("limit too high", a.get_records(v1::GetRecordsRequest { shard_iterator: good_it.clone(), limit: 10_001 }).await.map(|_| ()), ErrorCode::InvalidArgument, &["limit", "10000"]),
+        (
+            "empty partition key",
+            a.put_record(put("", b"x".to_vec())).await.map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["partition_key", "256"],
+        ),
+        (
+            "long partition key",
+            a.put_record(put(&"k".repeat(257), b"x".to_vec()))
+                .await
+                .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["partition_key", "256"],
+        ),
+        (
+            "oversized record",
+            a.put_record(put("k", vec![0; 1024 * 1024]))
+                .await
+                .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["data", "1048576"],
+        ),
+        (
+            "too many records",
+            a.put_records(many(501, 1)).await.map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["records", "500"],
+        ),
+        (
+            "too many bytes",
+            a.put_records(many(6, 1000 * 1000)).await.map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["records", "5 MiB"],
+        ),
+        (
+            "no records",
+            a.put_records(many(0, 1)).await.map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["records", "500"],
+        ),
+        (
+            "bad explicit hash key",
+            a.put_record(v1::PutRecordRequest {
+                explicit_hash_key: Some("2e40".into()),
+                ..put("k", b"x".to_vec())
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["explicit_hash_key"],
+        ),
+        (
+            "bad sequence number",
+            iterator(
+                &mut a,
+                "t",
+                0,
+                ShardIteratorType::AtSequenceNumber,
+                "12ab",
+                0,
+            )
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["starting_sequence_number"],
+        ),
+        (
+            "sequence number past the end",
+            iterator(
+                &mut a,
+                "t",
+                0,
+                ShardIteratorType::AfterSequenceNumber,
+                "99999999999999999",
+                0,
+            )
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["starting_sequence_number"],
+        ),
+        (
+            "missing iterator type",
+            iterator(&mut a, "t", 0, ShardIteratorType::Unspecified, "", 0)
+                .await
+                .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["shard_iterator_type"],
+        ),
+        (
+            "unknown stream",
+            a.put_record(v1::PutRecordRequest {
+                stream_name: "nope".into(),
+                ..put("k", b"x".to_vec())
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::NotFound,
+            &["stream_name", "nope"],
+        ),
+        (
+            "bad stream name",
+            a.describe_stream(v1::DescribeStreamRequest {
+                stream_name: "a/b".into(),
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["stream_name"],
+        ),
+        (
+            "unknown shard",
+            iterator(&mut a, "t", 7, ShardIteratorType::TrimHorizon, "", 0)
+                .await
+                .map(|_| ()),
+            ErrorCode::NotFound,
+            &["shard_id", "1 shards"],
+        ),
+        (
+            "malformed shard id",
+            a.get_shard_iterator(v1::GetShardIteratorRequest {
+                stream_name: "t".into(),
+                shard_id: "shard-x".into(),
+                shard_iterator_type: 1,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["shard_id"],
+        ),
+        (
+            "duplicate stream",
+            a.create_stream(v1::CreateStreamRequest {
+                stream_name: "t".into(),
+                shard_count: 1,
+                retention_period_hours: 0,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::AlreadyExists,
+            &["stream_name", "already exists"],
+        ),
+        (
+            "zero shards",
+            a.create_stream(v1::CreateStreamRequest {
+                stream_name: "z".into(),
+                shard_count: 0,
+                retention_period_hours: 0,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["shard_count", "256"],
+        ),
+        (
+            "retention too long",
+            a.create_stream(v1::CreateStreamRequest {
+                stream_name: "z".into(),
+                shard_count: 1,
+                retention_period_hours: 9000,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["retention_period_hours", "8760"],
+        ),
+        (
+            "garbage iterator",
+            a.get_records(v1::GetRecordsRequest {
+                shard_iterator: "garbage".into(),
+                limit: 0,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["shard_iterator"],
+        ),
+        (
+            "forged iterator",
+            a.get_records(v1::GetRecordsRequest {
+                shard_iterator: forged,
+                limit: 0,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["shard_iterator"],
+        ),
+        (
+            "limit too high",
+            a.get_records(v1::GetRecordsRequest {
+                shard_iterator: good_it.clone(),
+                limit: 10_001,
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["limit", "10000"],
+        ),
     ];
     for (name, result, code, words) in cases {
         let status = result.expect_err(name);
         assert_eq!(status_code(&status), code, "{name}: {status:?}");
         for w in words {
-            assert!(status.message().contains(w), "{name}: message {:?} does not mention {w:?}", status.message());
+            assert!(
+                status.message().contains(w),
+                "{name}: message {:?} does not mention {w:?}",
+                status.message()
+            );
         }
     }
     // An iterator older than 5 minutes has expired.
     cluster.clock.advance(5 * 60 * 1000 + 1000);
     let status = api
-        .get_records(v1::GetRecordsRequest { shard_iterator: good_it, limit: 0 })
+        .get_records(v1::GetRecordsRequest {
+            shard_iterator: good_it,
+            limit: 0,
+        })
         .await
         .expect_err("expired");
     assert_eq!(status_code(&status), ErrorCode::ExpiredIterator);
     // The node keeps serving.
-    api.put_record(put("k", b"still here".to_vec())).await.expect("node still serves");
+    api.put_record(put("k", b"still here".to_vec()))
+        .await
+        .expect("node still serves");
     cluster.shutdown().await;
 }

@@ -153,7 +153,12 @@ impl TestCluster {
     }
 
     /// Creates a stream through node `via` and waits until it is ACTIVE.
-    pub async fn create_active(&self, via: usize, name: &str, shards: u32) -> v1::StreamDescription {
+    pub async fn create_active(
+        &self,
+        via: usize,
+        name: &str,
+        shards: u32,
+    ) -> v1::StreamDescription {
         let mut api = self.api(via).await;
         api.create_stream(v1::CreateStreamRequest {
             stream_name: name.into(),
@@ -176,7 +181,10 @@ impl TestCluster {
             if d.status == StreamStatus::Active as i32 {
                 return d;
             }
-            assert!(tokio::time::Instant::now() < deadline, "stream {name} never became ACTIVE");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stream {name} never became ACTIVE"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
