@@ -375,3 +375,36 @@ mod tests {
         assert_eq!(e.key, "RIPTIDE_NODE_ID");
     }
 }
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    /// deploy/config-template.toml lists every key with its default.
+    #[test]
+    fn the_template_holds_every_key_at_its_default() {
+        let text = include_str!("../../deploy/config-template.toml");
+        let parsed = NodeConfig::from_toml(text).expect("template parses");
+        assert_eq!(parsed, NodeConfig::default());
+        let keys = [
+            "node_id",
+            "listen",
+            "advertise",
+            "data_dir",
+            "region",
+            "zone",
+            "initial_cluster",
+            "join",
+            "retention_check_interval_ms",
+            "[limits]",
+            "max_streams",
+            "max_shards",
+            "max_shards_per_stream",
+            "shard_write_records_per_sec",
+            "shard_write_bytes_per_sec",
+        ];
+        for k in keys {
+            assert!(text.contains(&format!("\n{k}")), "template lacks {k}");
+        }
+    }
+}
