@@ -82,7 +82,7 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,riptide_node=info".into()),
+                .unwrap_or_else(|_| "warn,openraft=error,riptide_node=info".into()),
         )
         .init();
     let cli = Cli::parse();

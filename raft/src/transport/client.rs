@@ -99,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             from: self.from,
             rpc_timeout: self.pool.settings.rpc_timeout(),
             chunk_bytes: self.pool.settings.snapshot_chunk_bytes,
+            failed_streams: 0,
         }
     }
 }
@@ -111,6 +112,19 @@ pub(crate) struct PeerClient {
     from: NodeId,
     rpc_timeout: Duration,
     chunk_bytes: usize,
+    /// Stream openings that failed in a row. openraft's replication backoff sleeps only while
+    /// it is asked for the next entry of an open stream, so a peer that refuses connections
+    /// would be retried in a tight loop; opening waits `stream_backoff` first instead.
+    failed_streams: u32,
+}
+
+/// How long to wait before opening a stream after `failures` failed openings in a row: nothing
+/// at first, then 50 ms doubling up to 800 ms.
+fn stream_backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(50u64 << (failures.min(5) - 1))
 }
 
 fn unreachable(msg: impl ToString) -> RpcErr {
@@ -203,19 +217,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         let (group, target, from) = (self.group.0, self.target, self.from.0);
         let client = self.client();
+        let wait = stream_backoff(self.failed_streams);
+        let failed_streams = &mut self.failed_streams;
         async move {
-            let mut client = client?;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let mut client = client.inspect_err(|_| *failed_streams += 1)?;
             let outbound = input.map(move |req| RaftRequest {
                 group_id: group,
                 target_node: target,
                 from_node: from,
                 payload: encode(&req),
             });
-            let inbound = client
-                .stream_append(tonic::Request::new(outbound))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let inbound = match client.stream_append(tonic::Request::new(outbound)).await {
+                Ok(resp) => {
+                    *failed_streams = 0;
+                    resp.into_inner()
+                }
+                Err(status) => {
+                    *failed_streams = failed_streams.saturating_add(1);
+                    return Err(status_error(status));
+                }
+            };
             let replies = inbound.map(|item| match item {
                 Ok(reply) => {
                     decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(|e| {
@@ -318,5 +342,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             c.transfer_leader(r).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_backoff_grows_to_800_ms() {
+        assert_eq!(stream_backoff(0), Duration::ZERO);
+        assert_eq!(stream_backoff(1), Duration::from_millis(50));
+        assert_eq!(stream_backoff(2), Duration::from_millis(100));
+        assert_eq!(stream_backoff(5), Duration::from_millis(800));
+        assert_eq!(stream_backoff(6), Duration::from_millis(800));
+        assert_eq!(stream_backoff(100), Duration::from_millis(800));
     }
 }
