@@ -1,0 +1,303 @@
+//! The nodes the client talks to: the configured endpoints, the cluster members learned from
+//! `ClusterStatus`, one lazily connected gRPC channel each, and which of them failed lately.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use riptide_proto::v1::ClusterStatusResponse;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ClientError;
+
+/// How long a node whose connection failed is skipped when any node will do.
+const SUSPECT_FOR: Duration = Duration::from_secs(1);
+
+/// Settings of every channel the pool opens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelSettings {
+    pub connect_timeout: Duration,
+}
+
+/// One node the client can send to.
+#[derive(Debug)]
+pub(crate) struct NodeHandle {
+    /// The node id, once learned from `ClusterStatus`; `None` for a configured endpoint.
+    pub id: Option<u64>,
+    /// `host:port`, for messages.
+    pub address: String,
+    pub channel: Channel,
+    up: bool,
+    suspect_until: Mutex<Option<Instant>>,
+}
+
+impl NodeHandle {
+    fn suspect(&self, now: Instant) -> bool {
+        self.suspect_until
+            .lock()
+            .expect("suspect lock is never poisoned")
+            .is_some_and(|until| until > now)
+    }
+}
+
+/// `http://host:port` for an endpoint given with or without a scheme.
+pub(crate) fn endpoint_uri(endpoint: &str) -> String {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// `host:port` of an endpoint given with or without a scheme.
+fn display_address(endpoint: &str) -> String {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .to_string()
+}
+
+fn open_channel(
+    endpoint: &str,
+    settings: ChannelSettings,
+    id: Option<u64>,
+) -> Result<NodeHandle, ClientError> {
+    let uri = endpoint_uri(endpoint);
+    let channel = Endpoint::from_shared(uri.clone())
+        .map_err(|e| ClientError::invalid(format!("endpoint {endpoint:?} is not a URI: {e}")))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(32 * 1024 * 1024)
+        .connect_lazy();
+    Ok(NodeHandle {
+        id,
+        address: display_address(endpoint),
+        channel,
+        up: true,
+        suspect_until: Mutex::new(None),
+    })
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    seeds: Vec<Arc<NodeHandle>>,
+    by_id: BTreeMap<u64, Arc<NodeHandle>>,
+}
+
+/// The client's nodes.
+#[derive(Debug)]
+pub(crate) struct NodePool {
+    settings: ChannelSettings,
+    members: RwLock<Members>,
+    next: AtomicUsize,
+}
+
+impl NodePool {
+    /// A pool over the configured endpoints. Opens no connection yet.
+    pub fn new(endpoints: &[String], settings: ChannelSettings) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::invalid(
+                "endpoints: at least one node address is needed",
+            ));
+        }
+        let seeds = endpoints
+            .iter()
+            .map(|e| open_channel(e, settings, None).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            settings,
+            members: RwLock::new(Members {
+                seeds,
+                by_id: BTreeMap::new(),
+            }),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Members> {
+        self.members.read().expect("member lock is never poisoned")
+    }
+
+    /// Takes in the members `ClusterStatus` reported. Channels of nodes whose address did not
+    /// change are kept.
+    pub fn update(&self, status: &ClusterStatusResponse) {
+        let mut by_id = BTreeMap::new();
+        {
+            let members = self.read();
+            for node in &status.nodes {
+                if node.node_id == 0 || node.address.is_empty() {
+                    continue;
+                }
+                let handle = match members.by_id.get(&node.node_id) {
+                    Some(h) if h.address == display_address(&node.address) && h.up == node.up => {
+                        Arc::clone(h)
+                    }
+                    Some(h) if h.address == display_address(&node.address) => {
+                        Arc::new(NodeHandle {
+                            id: h.id,
+                            address: h.address.clone(),
+                            channel: h.channel.clone(),
+                            up: node.up,
+                            suspect_until: Mutex::new(None),
+                        })
+                    }
+                    _ => match open_channel(&node.address, self.settings, Some(node.node_id)) {
+                        Ok(mut h) => {
+                            h.up = node.up;
+                            Arc::new(h)
+                        }
+                        Err(e) => {
+                            tracing::debug!(node_id = node.node_id, "skipping node: {e}");
+                            continue;
+                        }
+                    },
+                };
+                by_id.insert(node.node_id, handle);
+            }
+        }
+        self.members
+            .write()
+            .expect("member lock is never poisoned")
+            .by_id = by_id;
+    }
+
+    /// The id of the member at `address` (`host:port`, with or without a scheme).
+    pub fn id_of_address(&self, address: &str) -> Option<u64> {
+        let address = display_address(address);
+        self.read()
+            .by_id
+            .iter()
+            .find(|(_, h)| h.address == address)
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether `node` is a known member.
+    pub fn knows(&self, node: u64) -> bool {
+        self.read().by_id.contains_key(&node)
+    }
+
+    /// The node to send to: `preferred` when it is known and did not just fail, otherwise the
+    /// next healthy node in turn (members first, then the configured endpoints).
+    pub fn pick(&self, preferred: Option<u64>) -> Arc<NodeHandle> {
+        let now = Instant::now();
+        let members = self.read();
+        if let Some(h) = preferred.and_then(|id| members.by_id.get(&id))
+            && !h.suspect(now)
+        {
+            return Arc::clone(h);
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let healthy: Vec<&Arc<NodeHandle>> = members
+            .by_id
+            .values()
+            .filter(|h| h.up && !h.suspect(now))
+            .collect();
+        if !healthy.is_empty() {
+            return Arc::clone(healthy[turn % healthy.len()]);
+        }
+        let seeds: Vec<&Arc<NodeHandle>> =
+            members.seeds.iter().filter(|h| !h.suspect(now)).collect();
+        if !seeds.is_empty() {
+            return Arc::clone(seeds[turn % seeds.len()]);
+        }
+        // Everything failed lately: try each in turn anyway.
+        let all: Vec<&Arc<NodeHandle>> =
+            members.by_id.values().chain(members.seeds.iter()).collect();
+        Arc::clone(all[turn % all.len()])
+    }
+
+    /// Skips `node` for a moment when any node will do, after its connection failed.
+    pub fn mark_failed(&self, node: &NodeHandle) {
+        *node
+            .suspect_until
+            .lock()
+            .expect("suspect lock is never poisoned") = Some(Instant::now() + SUSPECT_FOR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use riptide_proto::v1::NodeStatus;
+
+    use super::*;
+
+    fn settings() -> ChannelSettings {
+        ChannelSettings {
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn status(nodes: &[(u64, &str, bool)]) -> ClusterStatusResponse {
+        ClusterStatusResponse {
+            nodes: nodes
+                .iter()
+                .map(|&(id, address, up)| NodeStatus {
+                    node_id: id,
+                    address: address.into(),
+                    up,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme_when_they_lack_one() {
+        assert_eq!(endpoint_uri("127.0.0.1:7101"), "http://127.0.0.1:7101");
+        assert_eq!(endpoint_uri("http://h:1/"), "http://h:1");
+        assert_eq!(display_address("http://h:1"), "h:1");
+        assert_eq!(display_address("h:1"), "h:1");
+    }
+
+    #[tokio::test]
+    async fn picks_the_preferred_node_then_healthy_members_in_turn() {
+        let pool = NodePool::new(&["127.0.0.1:1".to_string()], settings()).expect("valid");
+        assert_eq!(
+            pool.pick(Some(2)).address,
+            "127.0.0.1:1",
+            "only the seed is known"
+        );
+        pool.update(&status(&[
+            (1, "127.0.0.1:7101", true),
+            (2, "127.0.0.1:7102", true),
+            (3, "127.0.0.1:7103", false),
+        ]));
+        assert!(pool.knows(3) && !pool.knows(4));
+        assert_eq!(pool.id_of_address("http://127.0.0.1:7102"), Some(2));
+        assert_eq!(pool.id_of_address("127.0.0.1:9"), None);
+        assert_eq!(pool.pick(Some(2)).id, Some(2));
+        let picked: std::collections::BTreeSet<_> =
+            (0..6).filter_map(|_| pool.pick(None).id).collect();
+        assert_eq!(
+            picked,
+            [1, 2].into(),
+            "a node reported down is not picked at random"
+        );
+
+        let two = pool.pick(Some(2));
+        pool.mark_failed(&two);
+        assert_ne!(
+            pool.pick(Some(2)).id,
+            Some(2),
+            "a node that just failed is skipped"
+        );
+        for _ in 0..4 {
+            assert_eq!(pool.pick(None).id, Some(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_endpoints_are_refused_by_name() {
+        let err = NodePool::new(&["http://bad host:1".to_string()], settings())
+            .expect_err("must be refused");
+        assert!(err.message.contains("bad host"), "{err}");
+        assert!(NodePool::new(&[], settings()).is_err());
+    }
+}
