@@ -395,6 +395,12 @@ impl Core {
 
     /// Finds the shard's leader: this node, or the addresses to forward to.
     pub async fn route(&self, shard: &ShardInfo, hops: u32) -> Result<Route, ServiceError> {
+        let nodes: HashMap<u64, String> = self
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.id, n.address))
+            .collect();
+        let mut why = "no node on the forwarding path hosts it".to_string();
         if let Ok(group) = self.engine.group(GroupId(shard.group)) {
             if group.leader().is_none() {
                 let _ = group.wait_for_leader(LEADER_WAIT).await;
@@ -403,10 +409,16 @@ impl Core {
             if status.role == Role::Leader {
                 return Ok(Route::Local(group));
             }
-            if let Some(addr) = status
-                .leader
-                .and_then(|l| status.addresses.get(&l).cloned())
-            {
+            // A replica that has not yet received the group's membership knows the leader's id
+            // but not its address: the controller knows every node's address.
+            let leader_addr = status.leader.and_then(|l| {
+                status
+                    .addresses
+                    .get(&l)
+                    .or_else(|| nodes.get(&l.0))
+                    .cloned()
+            });
+            if let Some(addr) = leader_addr {
                 if hops >= MAX_HOPS {
                     return Err(ServiceError::unavailable(format!(
                         "shard {}: its leader moved while the request was forwarded; retry",
@@ -415,22 +427,20 @@ impl Core {
                 }
                 return Ok(Route::Remote(vec![addr]));
             }
-            return Err(ServiceError::unavailable(format!(
-                "shard {} has no leader yet (an election is under way or too few replicas are up)",
-                ShardId(shard.index)
-            )));
+            why = format!(
+                "no leader yet (an election is under way or too few replicas are up; node {} sees role {:?} in term {})",
+                self.node_id(),
+                status.role,
+                status.term
+            );
         }
         if hops >= MAX_HOPS {
             return Err(ServiceError::unavailable(format!(
-                "shard {}: no node on the forwarding path hosts it; retry",
+                "shard {}: {why}; retry",
                 ShardId(shard.index)
             )));
         }
-        let nodes: HashMap<u64, String> = self
-            .nodes()?
-            .into_iter()
-            .map(|n| (n.id, n.address))
-            .collect();
+        // Ask the other replicas, which may know the leader.
         let addrs: Vec<String> = shard
             .replicas
             .iter()
@@ -439,9 +449,8 @@ impl Core {
             .collect();
         if addrs.is_empty() {
             return Err(ServiceError::unavailable(format!(
-                "shard {}: none of its replicas {:?} is known to this node",
-                ShardId(shard.index),
-                shard.replicas
+                "shard {}: {why}",
+                ShardId(shard.index)
             )));
         }
         Ok(Route::Remote(addrs))
