@@ -32,7 +32,7 @@ const MIN_MAP_REFRESH: Duration = Duration::from_millis(250);
 const MAX_MAP_AGE: Duration = Duration::from_secs(10);
 /// How often at most the client asks for the cluster's members again.
 const MIN_NODE_REFRESH: Duration = Duration::from_secs(1);
-/// How many `PutRecords` calls one `put_records` runs at a time.
+/// How many shards one `put_records` writes to at a time.
 const PUT_RECORDS_CONCURRENCY: usize = 16;
 
 /// How a [`Client`] connects, times out and retries.
@@ -47,6 +47,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Time after a call's first attempt after which no retry starts (default 30 s).
     pub retry_deadline: Duration,
+    /// How long [`Client::connect_with`] keeps trying to reach a first node (default 10 s).
+    pub connect_deadline: Duration,
     /// Wait before the first retry; doubles with each retry, with jitter (default 50 ms).
     pub initial_backoff: Duration,
     /// Longest wait between two retries (default 2 s).
@@ -66,6 +68,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             retry_deadline: Duration::from_secs(30),
+            connect_deadline: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_message_bytes: 64 * 1024 * 1024,
@@ -111,6 +114,8 @@ pub(crate) enum Route<'a> {
     Any,
     /// The leader of a shard, when known.
     Shard(&'a str, ShardId),
+    /// One node, when it did not just fail.
+    Node(u64),
 }
 
 /// Which failures a call may be sent again after.
@@ -186,8 +191,8 @@ impl Client {
         Self::connect_with(ClientConfig::new(endpoint)).await
     }
 
-    /// Connects with explicit settings. Fails when no endpoint answers within the retry
-    /// deadline; a node that answers but cannot report the cluster's members still lets the
+    /// Connects with explicit settings. Fails when no endpoint answers within
+    /// [`ClientConfig::connect_deadline`]; a node that answers but cannot report the cluster's members still lets the
     /// client work, through the configured endpoints.
     pub async fn connect_with(config: ClientConfig) -> Result<Client, ClientError> {
         let nodes = NodePool::new(
@@ -206,21 +211,29 @@ impl Client {
                 node_refresh: tokio::sync::Mutex::new(None),
             }),
         };
-        if client.inner.config.discover_nodes {
-            match client.cluster_status().await {
-                Ok(_) => {}
-                Err(e) if e.is_retryable() => return Err(e),
-                Err(e) => tracing::debug!("cluster members unknown, using the endpoints: {e}"),
+        // One node answering is enough; learning the members is best effort.
+        let discover = client.inner.config.discover_nodes;
+        let policy = RetryPolicy {
+            deadline: client.inner.config.connect_deadline,
+            ..client.inner.retry
+        };
+        let status = client
+            .call_with(policy, Route::Any, Retry::Retryable, |ch| async move {
+                ch.admin()
+                    .cluster_status(v1::ClusterStatusRequest {
+                        local_only: !discover,
+                    })
+                    .await
+            })
+            .await;
+        match status {
+            Ok(reply) if discover => {
+                client.inner.nodes.update(&reply.value);
+                *client.inner.node_refresh.lock().await = Some(Instant::now());
             }
-        } else {
-            // Still fail fast when nothing answers at all.
-            client
-                .call(Route::Any, Retry::Retryable, |ch| async move {
-                    ch.admin()
-                        .cluster_status(v1::ClusterStatusRequest { local_only: true })
-                        .await
-                })
-                .await?;
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => tracing::debug!("cluster members unknown, using the endpoints: {e}"),
         }
         Ok(client)
     }
@@ -258,8 +271,10 @@ impl Client {
     }
 
     /// Polls `DescribeStream` until the stream is `ACTIVE` and returns that description.
-    /// Fails with [`ErrorCode::ResourceInUse`] when `timeout` passes first or the stream is
-    /// being deleted.
+    /// Once one node reports it ACTIVE, every other known node is asked as well, since each
+    /// node's view of the controller may lag a moment and a node that still sees the stream
+    /// CREATING refuses writes to it. Fails with [`ErrorCode::ResourceInUse`] when `timeout`
+    /// passes first or the stream is being deleted.
     pub async fn wait_for_active(
         &self,
         name: &str,
@@ -267,10 +282,23 @@ impl Client {
     ) -> Result<v1::StreamDescription, ClientError> {
         let started = Instant::now();
         let mut wait = Duration::from_millis(50);
+        let mut unconfirmed: Option<Vec<u64>> = None;
         loop {
             let desc = self.describe_stream(name).await?;
             match desc.status() {
-                v1::StreamStatus::Active => return Ok(desc),
+                v1::StreamStatus::Active => {
+                    let nodes = unconfirmed.get_or_insert_with(|| self.inner.nodes.member_ids());
+                    let mut lagging = Vec::new();
+                    for &node in nodes.iter() {
+                        if self.node_sees_creating(name, node).await {
+                            lagging.push(node);
+                        }
+                    }
+                    *nodes = lagging;
+                    if nodes.is_empty() {
+                        return Ok(desc);
+                    }
+                }
                 v1::StreamStatus::Deleting => {
                     return Err(ClientError::new(
                         ErrorCode::ResourceInUse,
@@ -280,16 +308,36 @@ impl Client {
                 _ => {}
             }
             if started.elapsed() + wait > timeout {
+                let status = match &unconfirmed {
+                    Some(nodes) => format!("CREATING on nodes {nodes:?}"),
+                    None => desc.status().as_str_name().to_string(),
+                };
                 return Err(ClientError::new(
                     ErrorCode::ResourceInUse,
-                    format!(
-                        "stream {name:?} is still {} after {timeout:?}",
-                        desc.status().as_str_name()
-                    ),
+                    format!("stream {name:?} is still {status} after {timeout:?}"),
                 ));
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Whether `node` itself answers that the stream is not ACTIVE yet. A node that cannot be
+    /// asked counts as done: it serves nothing anyway.
+    async fn node_sees_creating(&self, name: &str, node: u64) -> bool {
+        let request = v1::DescribeStreamRequest {
+            stream_name: name.to_string(),
+        };
+        let answer = self
+            .attempt(Route::Node(node), |ch| async move {
+                ch.stream().describe_stream(request).await
+            })
+            .await;
+        match answer {
+            Ok(reply) => reply
+                .stream
+                .is_none_or(|d| d.status() == v1::StreamStatus::Creating),
+            Err(e) => e.code == ErrorCode::NotFound,
         }
     }
 
@@ -409,9 +457,11 @@ impl Client {
     }
 
     /// Writes many records: one result per record, in order. Records are split by shard (and
-    /// into calls of at most 500 records and 5 MiB) and sent to each shard's leader
-    /// concurrently; records that fail with a retryable code are sent again until the retry
-    /// deadline. The outer error is only for an empty stream name; everything else is reported
+    /// into calls of at most 500 records and 5 MiB) and sent to each shard's leader, shards
+    /// concurrently and each shard's calls in order, so records of one partition key are
+    /// stored in the order given (except that a record sent again after a retryable failure
+    /// lands after those of its call that succeeded at once). Records that fail with a
+    /// retryable code are sent again until the retry deadline. The outer error is only for an empty stream name; everything else is reported
     /// per record.
     pub async fn put_records(
         &self,
@@ -446,26 +496,37 @@ impl Client {
             };
             groups.entry(shard).or_default().push(i);
         }
+        // Calls of one shard go one after another, so that records of one key keep their
+        // order; shards go concurrently.
         let limits = BatchLimits::new(usize::MAX, usize::MAX);
-        let mut calls = Vec::new();
+        let mut shard_calls = Vec::new();
         for (shard, indices) in groups {
             let sizes: Vec<usize> = indices.iter().map(|&i| record_size(&records[i])).collect();
-            for range in split_batches(&sizes, limits) {
-                let batch: Vec<usize> = indices[range].to_vec();
-                let entries: Vec<PutRecordsEntry> =
-                    batch.iter().map(|&i| records[i].clone()).collect();
-                calls.push((shard, batch, entries));
-            }
+            let calls: Vec<(Vec<usize>, Vec<PutRecordsEntry>)> = split_batches(&sizes, limits)
+                .into_iter()
+                .map(|range| {
+                    let batch: Vec<usize> = indices[range].to_vec();
+                    let entries = batch.iter().map(|&i| records[i].clone()).collect();
+                    (batch, entries)
+                })
+                .collect();
+            shard_calls.push((shard, calls));
         }
-        let mut done = futures::stream::iter(calls)
-            .map(|(shard, batch, entries)| async move {
-                let (outcome, _) = self.put_batch(stream, shard, &entries, u32::MAX).await;
-                (batch, outcome)
+        let mut done = futures::stream::iter(shard_calls)
+            .map(|(shard, calls)| async move {
+                let mut outcomes = Vec::new();
+                for (batch, entries) in calls {
+                    let (outcome, _) = self.put_batch(stream, shard, &entries, u32::MAX).await;
+                    outcomes.push((batch, outcome));
+                }
+                outcomes
             })
             .buffer_unordered(PUT_RECORDS_CONCURRENCY);
-        while let Some((batch, outcome)) = done.next().await {
-            for (i, result) in batch.into_iter().zip(outcome) {
-                results[i] = Some(result);
+        while let Some(outcomes) = done.next().await {
+            for (batch, outcome) in outcomes {
+                for (i, result) in batch.into_iter().zip(outcome) {
+                    results[i] = Some(result);
+                }
             }
         }
         Ok(results
@@ -749,6 +810,21 @@ impl Client {
         &self,
         route: Route<'_>,
         retry: Retry,
+        call: F,
+    ) -> Result<Reply<T>, ClientError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(self.inner.retry, route, retry, call).await
+    }
+
+    /// [`Client::call`] with its own backoff and deadline.
+    async fn call_with<T, F, Fut>(
+        &self,
+        policy: RetryPolicy,
+        route: Route<'_>,
+        retry: Retry,
         mut call: F,
     ) -> Result<Reply<T>, ClientError>
     where
@@ -771,11 +847,7 @@ impl Client {
             if !again {
                 return Err(e);
             }
-            match self
-                .inner
-                .retry
-                .next_delay(started, Instant::now(), attempts)
-            {
+            match policy.next_delay(started, Instant::now(), attempts) {
                 Some(delay) => {
                     tracing::debug!(attempts, "retrying after {delay:?}: {e}");
                     tokio::time::sleep(delay).await;
@@ -813,6 +885,7 @@ impl Client {
     {
         let preferred = match route {
             Route::Any => None,
+            Route::Node(id) => Some(id),
             Route::Shard(stream, shard) => self.cached_map(stream).and_then(|m| m.leader_of(shard)),
         };
         let node = self.inner.nodes.pick(preferred);

@@ -177,6 +177,16 @@ impl NodePool {
             .map(|(id, _)| *id)
     }
 
+    /// Ids of the members reported up.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.read()
+            .by_id
+            .iter()
+            .filter(|(_, h)| h.up)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Whether `node` is a known member.
     pub fn knows(&self, node: u64) -> bool {
         self.read().by_id.contains_key(&node)
@@ -270,6 +280,7 @@ mod tests {
             (3, "127.0.0.1:7103", false),
         ]));
         assert!(pool.knows(3) && !pool.knows(4));
+        assert_eq!(pool.member_ids(), vec![1, 2]);
         assert_eq!(pool.id_of_address("http://127.0.0.1:7102"), Some(2));
         assert_eq!(pool.id_of_address("127.0.0.1:9"), None);
         assert_eq!(pool.pick(Some(2)).id, Some(2));

@@ -39,8 +39,9 @@ pub struct ProducerConfig {
     pub max_batch_records: usize,
     /// Most bytes (data plus partition keys) per call (default and maximum 5 MiB).
     pub max_batch_bytes: usize,
-    /// Most calls in flight per shard (default 4). Above 1, records of one partition key may
-    /// be written out of order when a call is retried.
+    /// Most calls in flight per shard (default 4). Above 1, calls of one shard may commit in
+    /// another order than they were sent (and retried records always land later), so records
+    /// of one partition key keep their order only with 1.
     pub max_in_flight: usize,
     /// Most sends of one record before its retryable error is given up on (default 10); the
     /// client's retry deadline also bounds them.
@@ -119,8 +120,8 @@ fn closed() -> ClientError {
 
 /// A batching writer to one stream. Made by [`Client::producer`].
 ///
-/// Records sent with one partition key go to one shard and, with `max_in_flight` 1, are
-/// written in the order sent.
+/// Records sent with one partition key go to one shard and, with `max_in_flight` 1 and no
+/// retries, are written in the order sent.
 #[derive(Debug)]
 pub struct Producer {
     stream: String,

@@ -281,7 +281,7 @@ async fn connecting_to_a_closed_port_fails_naming_the_address() {
     drop(listener);
     let started = Instant::now();
     let e = Client::connect_with(ClientConfig {
-        retry_deadline: Duration::from_millis(300),
+        connect_deadline: Duration::from_millis(300),
         initial_backoff: Duration::from_millis(10),
         ..ClientConfig::new(addr.to_string())
     })
@@ -329,7 +329,8 @@ async fn wait_for_active_polls_until_active_and_times_out_otherwise() {
         .await
         .expect("active");
     assert_eq!(desc.status(), v1::StreamStatus::Active);
-    assert_eq!(cluster.calls("DescribeStream").len(), 4);
+    // Three answers CREATING, one ACTIVE, then the one node confirms.
+    assert_eq!(cluster.calls("DescribeStream").len(), 5);
 
     cluster.lock().faults.creating_describes = 1_000;
     client
@@ -342,6 +343,30 @@ async fn wait_for_active_polls_until_active_and_times_out_otherwise() {
         .expect_err("still creating");
     assert_eq!(e.code, ErrorCode::ResourceInUse);
     assert!(e.message.contains("CREATING"), "{e}");
+}
+
+#[tokio::test]
+async fn wait_for_active_waits_until_every_node_sees_the_stream_active() {
+    let cluster = FakeCluster::start(3).await;
+    let client = Client::connect_with(config(&cluster))
+        .await
+        .expect("connect");
+    client
+        .create_stream("lagging", 1, None)
+        .await
+        .expect("create");
+    // Node 3's view lags: it answers CREATING to its next two describes.
+    cluster.lock().faults.lagging_nodes.insert(3, 2);
+    let desc = client
+        .wait_for_active("lagging", Duration::from_secs(5))
+        .await
+        .expect("active");
+    assert_eq!(desc.status(), v1::StreamStatus::Active);
+    assert_eq!(
+        cluster.lock().faults.lagging_nodes[&3],
+        0,
+        "returned before node 3 saw the stream ACTIVE"
+    );
 }
 
 #[tokio::test]

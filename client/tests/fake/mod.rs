@@ -46,6 +46,8 @@ pub struct Faults {
     pub expire_next_get_records: u32,
     /// Describes that still answer CREATING after a create.
     pub creating_describes: u32,
+    /// Describes that a node (by id) still answers CREATING for, whatever the stream's state.
+    pub lagging_nodes: HashMap<u64, u32>,
     /// Name the serving node by address rather than id in the forwarding header.
     pub forward_by_address: bool,
 }
@@ -366,7 +368,13 @@ impl StreamService for FakeNode {
             self.log_failure(&mut state, "DescribeStream");
             return Err(e);
         }
-        let desc = state.describe(&r.stream_name)?;
+        let mut desc = state.describe(&r.stream_name)?;
+        if let Some(left) = state.faults.lagging_nodes.get_mut(&self.id)
+            && *left > 0
+        {
+            *left -= 1;
+            desc.status = v1::StreamStatus::Creating as i32;
+        }
         Ok(self.respond(
             &mut state,
             "DescribeStream",
