@@ -14,12 +14,16 @@ use riptide_node::server::Node;
 #[derive(Debug, Parser)]
 #[command(name = "riptide", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    global: riptide_node::cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Client(riptide_node::cli::ClientCommand),
     /// Run a local three-node cluster in this process, on 127.0.0.1, until Ctrl-C.
     ///
     /// The nodes keep their data under --data-dir; starting again with the same folder
@@ -87,6 +91,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(cmd) => riptide_node::cli::run(&cli.global, cmd).await?,
         Command::Dev {
             data_dir,
             base_port,

@@ -1,0 +1,359 @@
+//! The client subcommands of the `riptide` binary (`stream`, `put`, `get`, `tail`, `cluster`,
+//! `shard`): thin wrappers over riptide-client that print tables or JSON.
+
+mod admin;
+mod format;
+mod records;
+mod streams;
+
+use std::time::Duration;
+
+use riptide_client::{Client, ClientConfig, ShardId, StartingPosition};
+use serde_json::Value;
+
+/// Options every client subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Any node of the cluster (http://host:port or host:port); give several, comma-separated,
+    /// to fall back on the others when one is down.
+    #[arg(
+        long,
+        global = true,
+        env = "RIPTIDE_ENDPOINT",
+        default_value = "http://127.0.0.1:7101"
+    )]
+    pub endpoint: String,
+    /// How to print results: human-readable tables, or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON (one document, or one object per line where records stream out).
+    Json,
+}
+
+/// The client subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Create, describe, list and delete streams.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+    /// Write records to a stream
+    ///
+    /// Each DATA argument is one record. Without DATA, every line of standard input is one
+    /// record (empty lines are skipped), sent through the batching producer; more than 10
+    /// records get a one-line summary instead of a line each.
+    #[command(
+        after_help = "Examples:\n  riptide put orders --partition-key customer-17 \
+                            '{\"id\": 1}' '{\"id\": 2}'\n  seq 1 100000 | riptide put orders"
+    )]
+    Put(PutArgs),
+    /// Read records from a stream: up to --limit records from each shard
+    #[command(
+        after_help = "Examples:\n  riptide get orders\n  riptide get orders --shard 2 \
+                            --from after:00000000000001048576 --limit 10"
+    )]
+    Get(GetArgs),
+    /// Print a stream's records, to the current end or, with --follow, as they arrive
+    ///
+    /// With --follow it subscribes to every shard (SubscribeToShard) and prints records as
+    /// they are written until Ctrl-C; JSON output is one object per line.
+    #[command(
+        after_help = "Examples:\n  riptide tail orders\n  riptide tail orders --follow \
+                            --output json"
+    )]
+    Tail(TailArgs),
+    /// Look at and manage the cluster's nodes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Manage single shards.
+    #[command(subcommand)]
+    Shard(ShardCommand),
+}
+
+/// `riptide stream ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum StreamCommand {
+    /// Create a stream and wait until it is ACTIVE (every shard has a leader).
+    ///
+    /// Example: riptide stream create orders --shards 4 --retention-hours 48
+    Create {
+        /// The stream's name: 1 to 128 characters from a-z A-Z 0-9 _ . -
+        name: String,
+        /// How many shards (each a Raft group of its own).
+        #[arg(long)]
+        shards: u32,
+        /// How long records are kept, in hours (the cluster's default, 24, when absent).
+        #[arg(long)]
+        retention_hours: Option<u32>,
+        /// Return as soon as the cluster accepted the stream, without waiting for ACTIVE.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting for ACTIVE after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Show a stream's status, retention and shards with their leaders and replicas.
+    ///
+    /// Example: riptide stream describe orders
+    Describe {
+        /// The stream's name.
+        name: String,
+    },
+    /// List every stream.
+    ///
+    /// Example: riptide stream list --output json
+    List,
+    /// Delete a stream and all its records.
+    ///
+    /// Example: riptide stream delete orders
+    Delete {
+        /// The stream's name.
+        name: String,
+    },
+}
+
+/// `riptide put ...`
+#[derive(Debug, clap::Args)]
+pub struct PutArgs {
+    /// The stream to write to.
+    pub stream: String,
+    /// Partition key of every record (picks the shard); a random key per record when absent.
+    #[arg(long, short = 'k')]
+    pub partition_key: Option<String>,
+    /// Records to write; without any, one record per line of standard input.
+    pub data: Vec<String>,
+}
+
+/// `riptide get ...`
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The stream to read.
+    pub stream: String,
+    /// Only this shard (`3` or `shardId-000000000003`); every shard when absent.
+    #[arg(long)]
+    pub shard: Option<ShardId>,
+    /// Where to start: trim-horizon, latest, at:SEQ, after:SEQ or timestamp:MS (milliseconds
+    /// since the epoch).
+    #[arg(long, default_value = "trim-horizon")]
+    pub from: StartingPosition,
+    /// Most records to read from each shard.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `riptide tail ...`
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// The stream to read.
+    pub stream: String,
+    /// Only this shard (`3` or `shardId-000000000003`); every shard when absent.
+    #[arg(long)]
+    pub shard: Option<ShardId>,
+    /// Where to start: trim-horizon, latest, at:SEQ, after:SEQ or timestamp:MS. Defaults to
+    /// trim-horizon, or to latest with --follow.
+    #[arg(long)]
+    pub from: Option<StartingPosition>,
+    /// Keep printing records as they are written (a SubscribeToShard per shard) until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// `riptide cluster ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Show every node: address, region, zone, up or down, shard leaders and replicas, and
+    /// its part in the controller group.
+    ///
+    /// Example: riptide cluster status
+    Status,
+    /// Move every shard leadership off a node, for example before stopping it (its replicas
+    /// stay for now).
+    ///
+    /// Example: riptide cluster drain 2
+    Drain {
+        /// The node's id.
+        node: u64,
+    },
+}
+
+/// `riptide shard ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ShardCommand {
+    /// Make another replica lead a shard.
+    ///
+    /// Example: riptide shard transfer-leader orders shardId-000000000001 --to 3
+    TransferLeader {
+        /// The stream.
+        stream: String,
+        /// The shard (`1` or `shardId-000000000001`).
+        shard: ShardId,
+        /// Id of the node whose replica should lead.
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+/// Runs a client subcommand against the cluster at `global.endpoint`.
+pub async fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
+    let client = connect(global).await?;
+    let out = Printer {
+        format: global.output,
+    };
+    match cmd {
+        ClientCommand::Stream(cmd) => streams::run(&client, out, cmd).await,
+        ClientCommand::Put(args) => records::put(&client, out, args).await,
+        ClientCommand::Get(args) => records::get(&client, out, args).await,
+        ClientCommand::Tail(args) => records::tail(&client, out, args).await,
+        ClientCommand::Cluster(cmd) => admin::cluster(&client, out, cmd).await,
+        ClientCommand::Shard(cmd) => admin::shard(&client, out, cmd).await,
+    }
+}
+
+async fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
+    let endpoints: Vec<String> = global
+        .endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect();
+    let config = ClientConfig {
+        endpoints,
+        connect_deadline: Duration::from_secs(5),
+        retry_deadline: Duration::from_secs(15),
+        ..ClientConfig::default()
+    };
+    Client::connect_with(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the cluster: {e}"))
+}
+
+/// Prints in the chosen format.
+#[derive(Debug, Clone, Copy)]
+struct Printer {
+    format: OutputFormat,
+}
+
+impl Printer {
+    fn json(self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Prints `text` for tables or `value` (pretty) for JSON.
+    fn show(self, text: impl FnOnce() -> String, value: impl FnOnce() -> Value) {
+        match self.format {
+            OutputFormat::Table => print!("{}", text()),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&value()).expect("a JSON value always serialises")
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        global: GlobalArgs,
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCli, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("riptide").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let cli =
+            parse(&["stream", "list", "--output", "json", "--endpoint", "h:1"]).expect("valid");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.endpoint, "h:1");
+        let cli = parse(&["--output", "json", "cluster", "status"]).expect("valid");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Cluster(ClusterCommand::Status)
+        ));
+    }
+
+    #[test]
+    fn positions_and_shards_parse_in_their_short_forms() {
+        let cli = parse(&[
+            "get", "s", "--shard", "3", "--from", "after:42", "--limit", "5",
+        ])
+        .expect("valid");
+        let ClientCommand::Get(args) = cli.cmd else {
+            panic!("parsed as {:?}", cli.cmd);
+        };
+        assert_eq!(args.shard, Some(ShardId(3)));
+        assert_eq!(
+            args.from,
+            StartingPosition::AfterSequence(riptide_client::SequenceNumber(42))
+        );
+        assert_eq!(args.limit, 5);
+
+        let err = parse(&["get", "s", "--from", "yesterday"]).expect_err("bad position");
+        assert!(err.to_string().contains("trim-horizon"), "{err}");
+        let err = parse(&["shard", "transfer-leader", "s", "shard-x", "--to", "2"])
+            .expect_err("bad shard");
+        assert!(err.to_string().contains("shard_id"), "{err}");
+    }
+
+    #[test]
+    fn stream_create_needs_a_shard_count() {
+        assert!(parse(&["stream", "create", "orders"]).is_err());
+        let cli =
+            parse(&["stream", "create", "orders", "--shards", "4", "--no-wait"]).expect("valid");
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Stream(StreamCommand::Create {
+                shards: 4,
+                no_wait: true,
+                retention_hours: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn every_subcommand_help_shows_an_example() {
+        let mut root = TestCli::command();
+        root.build();
+        let mut missing = Vec::new();
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            let subs: Vec<_> = cmd
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let help = cmd.clone().render_long_help().to_string();
+                if !help.contains("Example") {
+                    missing.push(path.clone());
+                }
+            }
+            for s in subs {
+                walk(s, format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        walk(&root, "riptide".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in the help of {missing:?}");
+    }
+}
