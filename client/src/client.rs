@@ -886,7 +886,10 @@ impl Client {
         let preferred = match route {
             Route::Any => None,
             Route::Node(id) => Some(id),
-            Route::Shard(stream, shard) => self.cached_map(stream).and_then(|m| m.leader_of(shard)),
+            // Boxed: refreshing the map makes a call of its own (to any node).
+            Route::Shard(stream, shard) => Box::pin(self.routing_map(stream))
+                .await
+                .and_then(|m| m.leader_of(shard)),
         };
         let node = self.inner.nodes.pick(preferred);
         let timeout = self.inner.config.request_timeout;
@@ -896,13 +899,16 @@ impl Client {
         };
         match tokio::time::timeout(timeout, call(api)).await {
             Ok(Ok(response)) => {
+                self.inner.nodes.mark_answered(&node);
                 self.after_success(route, &node, response.metadata()).await;
                 (Ok(response.into_inner()), true)
             }
             Ok(Err(status)) => {
                 let e = ClientError::from_status(&status, &node.address);
                 let sent = !never_sent(&status);
-                if !crate::error::came_from_node(&status) && e.is_retryable() {
+                if crate::error::came_from_node(&status) {
+                    self.inner.nodes.mark_answered(&node);
+                } else if e.is_retryable() {
                     self.inner.nodes.mark_failed(&node);
                 }
                 if e.is_retryable() {

@@ -11,8 +11,24 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::ClientError;
 
-/// How long a node whose connection failed is skipped when any node will do.
+/// How long a node is skipped after its first failed connection; each further failure in a
+/// row doubles it, up to [`MAX_SUSPECT_FOR`].
 const SUSPECT_FOR: Duration = Duration::from_secs(1);
+const MAX_SUSPECT_FOR: Duration = Duration::from_secs(30);
+
+/// How long to skip a node after `failures` failed connections in a row (at least one).
+fn suspect_for(failures: u32) -> Duration {
+    SUSPECT_FOR
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_SUSPECT_FOR)
+}
+
+/// Failed connections in a row and until when the node is skipped.
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    skip_until: Option<Instant>,
+}
 
 /// Settings of every channel the pool opens.
 #[derive(Debug, Clone, Copy)]
@@ -29,14 +45,15 @@ pub(crate) struct NodeHandle {
     pub address: String,
     pub channel: Channel,
     up: bool,
-    suspect_until: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
 }
 
 impl NodeHandle {
     fn suspect(&self, now: Instant) -> bool {
-        self.suspect_until
+        self.health
             .lock()
-            .expect("suspect lock is never poisoned")
+            .expect("health lock is never poisoned")
+            .skip_until
             .is_some_and(|until| until > now)
     }
 }
@@ -80,7 +97,7 @@ fn open_channel(
         address: display_address(endpoint),
         channel,
         up: true,
-        suspect_until: Mutex::new(None),
+        health: Mutex::new(Health::default()),
     })
 }
 
@@ -144,7 +161,7 @@ impl NodePool {
                             address: h.address.clone(),
                             channel: h.channel.clone(),
                             up: node.up,
-                            suspect_until: Mutex::new(None),
+                            health: Mutex::new(Health::default()),
                         })
                     }
                     _ => match open_channel(&node.address, self.settings, Some(node.node_id)) {
@@ -192,12 +209,13 @@ impl NodePool {
         self.read().by_id.contains_key(&node)
     }
 
-    /// The node to send to: `preferred` when it is known and did not just fail, otherwise the
+    /// The node to send to: `preferred` when it is known, up and did not just fail, otherwise the
     /// next healthy node in turn (members first, then the configured endpoints).
     pub fn pick(&self, preferred: Option<u64>) -> Arc<NodeHandle> {
         let now = Instant::now();
         let members = self.read();
         if let Some(h) = preferred.and_then(|id| members.by_id.get(&id))
+            && h.up
             && !h.suspect(now)
         {
             return Arc::clone(h);
@@ -222,12 +240,20 @@ impl NodePool {
         Arc::clone(all[turn % all.len()])
     }
 
-    /// Skips `node` for a moment when any node will do, after its connection failed.
+    /// Skips `node` for a while after its connection failed: 1 s, doubling with each failure
+    /// in a row up to 30 s.
     pub fn mark_failed(&self, node: &NodeHandle) {
-        *node
-            .suspect_until
-            .lock()
-            .expect("suspect lock is never poisoned") = Some(Instant::now() + SUSPECT_FOR);
+        let mut health = node.health.lock().expect("health lock is never poisoned");
+        health.failures = health.failures.saturating_add(1);
+        health.skip_until = Some(Instant::now() + suspect_for(health.failures));
+    }
+
+    /// Forgets earlier failures of `node` after it answered.
+    pub fn mark_answered(&self, node: &NodeHandle) {
+        let mut health = node.health.lock().expect("health lock is never poisoned");
+        if health.failures > 0 {
+            *health = Health::default();
+        }
     }
 }
 
@@ -259,6 +285,16 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_node_is_skipped_longer_after_each_failure_in_a_row() {
+        assert_eq!(suspect_for(1), Duration::from_secs(1));
+        assert_eq!(suspect_for(2), Duration::from_secs(2));
+        assert_eq!(suspect_for(5), Duration::from_secs(16));
+        assert_eq!(suspect_for(6), MAX_SUSPECT_FOR);
+        assert_eq!(suspect_for(u32::MAX), MAX_SUSPECT_FOR);
+        assert_eq!(suspect_for(0), Duration::from_secs(1));
+    }
+
+    #[test]
     fn endpoints_get_a_scheme_when_they_lack_one() {
         assert_eq!(endpoint_uri("127.0.0.1:7101"), "http://127.0.0.1:7101");
         assert_eq!(endpoint_uri("http://h:1/"), "http://h:1");
@@ -284,6 +320,11 @@ mod tests {
         assert_eq!(pool.id_of_address("http://127.0.0.1:7102"), Some(2));
         assert_eq!(pool.id_of_address("127.0.0.1:9"), None);
         assert_eq!(pool.pick(Some(2)).id, Some(2));
+        assert_ne!(
+            pool.pick(Some(3)).id,
+            Some(3),
+            "a node reported down is not preferred"
+        );
         let picked: std::collections::BTreeSet<_> =
             (0..6).filter_map(|_| pool.pick(None).id).collect();
         assert_eq!(
@@ -302,6 +343,12 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(pool.pick(None).id, Some(1));
         }
+        pool.mark_answered(&two);
+        assert_eq!(
+            pool.pick(Some(2)).id,
+            Some(2),
+            "a node that answered is used again"
+        );
     }
 
     #[tokio::test]
