@@ -344,7 +344,7 @@ mod tests {
         let err = |text: &str| {
             NodeConfig::from_toml(text)
                 .and_then(|c| c.validate())
-                .unwrap_err()
+                .expect_err("must be refused")
                 .key
         };
         assert_eq!(err("node_id = 0\ninitial_cluster=[\"1=a:1\"]"), "node_id");
@@ -371,7 +371,7 @@ mod tests {
             |k| (k == "RIPTIDE_NODE_ID").then(|| "x".into()),
             ConfigOverrides::default(),
         )
-        .unwrap_err();
+        .expect_err("must be refused");
         assert_eq!(e.key, "RIPTIDE_NODE_ID");
     }
 }

@@ -94,28 +94,33 @@ mod tests {
     #[test]
     fn limits_hold_at_their_edges() {
         assert!(record("", &"k".repeat(256), 10).is_ok());
-        let e = record("records[2].", &"k".repeat(257), 10).unwrap_err();
+        let e = record("records[2].", &"k".repeat(257), 10).expect_err("must be refused");
         assert_eq!(e.code, ErrorCode::InvalidArgument);
         assert!(e.message.contains("records[2].partition_key") && e.message.contains("256"));
         assert!(
             record("", "", 1)
-                .unwrap_err()
+                .expect_err("must be refused")
                 .message
                 .contains("partition_key")
         );
         assert!(record("", "k", MAX_RECORD_BYTES - 1).is_ok());
         assert!(
             record("", "k", MAX_RECORD_BYTES)
-                .unwrap_err()
+                .expect_err("must be refused")
                 .message
                 .contains("1 MiB")
         );
         assert!(put_records(500, MAX_PUT_RECORDS_BYTES).is_ok());
-        assert!(put_records(501, 1).unwrap_err().message.contains("500"));
+        assert!(
+            put_records(501, 1)
+                .expect_err("must be refused")
+                .message
+                .contains("500")
+        );
         assert!(put_records(0, 0).is_err());
         assert!(
             put_records(1, MAX_PUT_RECORDS_BYTES + 1)
-                .unwrap_err()
+                .expect_err("must be refused")
                 .message
                 .contains("5 MiB")
         );
@@ -123,14 +128,14 @@ mod tests {
         assert!(retention("r", 0, false).is_err());
         assert!(
             retention("r", 8761, true)
-                .unwrap_err()
+                .expect_err("must be refused")
                 .message
                 .contains("8760")
         );
         assert!(shard_count(0, 10).is_err());
         assert!(
             shard_count(11, 10)
-                .unwrap_err()
+                .expect_err("must be refused")
                 .message
                 .contains("max_shards_per_stream")
         );

@@ -595,6 +595,20 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
         .await
         .expect_err("expired");
     assert_eq!(status_code(&status), ErrorCode::ExpiredIterator);
+    // Answers served by another node say which one, so that clients can go there directly.
+    let leader = cluster
+        .leader_of(shard_groups(cluster.node(0).expect("up"), "t")[0])
+        .expect("leader");
+    for i in 0..3 {
+        let mut api = cluster.api(i).await;
+        let resp = api.put_record(put("k", b"x".to_vec())).await.expect("put");
+        let to = resp
+            .metadata()
+            .get("x-riptide-forwarded-to")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        let want = (i != leader).then(|| cluster.configs[leader].listen.clone());
+        assert_eq!(to, want, "node {i}, leader {leader}");
+    }
     // The node keeps serving.
     api.put_record(put("k", b"still here".to_vec()))
         .await

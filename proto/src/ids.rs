@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn stream_names_follow_kinesis_rules() {
         assert!(StreamName::new("orders-2026.v1_a").is_ok());
-        let e = StreamName::new("").unwrap_err();
+        let e = StreamName::new("").expect_err("must be refused");
         assert_eq!(e.field, "stream_name");
         assert!(StreamName::new("a/b").is_err());
         assert!(StreamName::new("x".repeat(129)).is_err());

@@ -126,6 +126,12 @@ impl RaftEngine {
             .max_encoding_message_size(self.inner.config.transport.max_message_bytes)
     }
 
+    /// A handle that tells when this engine's RocksDB has been closed: after
+    /// [`RaftEngine::shutdown`] and once every handle to the engine and its groups is dropped.
+    pub fn closed_signal(&self) -> crate::store::StoreClosed {
+        self.inner.store.closed_signal()
+    }
+
     /// Counters of the log writer.
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.store.writer.stats()

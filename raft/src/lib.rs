@@ -27,5 +27,7 @@ pub use engine::{EngineConfig, RaftEngine, StateMachineFactory};
 pub use error::{RaftError, StorageError};
 pub use group::{Group, GroupStatus, Role, WriteOutcome};
 pub use settings::{GroupSettings, TransportSettings};
-pub use store::{DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, WriterStats};
+pub use store::{
+    DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, StoreClosed, WriterStats,
+};
 pub use types::{AppliedEntry, GroupId, NodeId, StateMachine};

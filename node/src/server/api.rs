@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use crate::controller::{ControllerCommand, NodeInfo};
 use crate::error::ServiceError;
 use crate::server::core::Core;
-use crate::server::peers::hops_of;
+use crate::server::core::FORWARDED_TO;
+use crate::server::peers::{FORWARDED_HEADER, hops_of};
 
 /// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
 ///
@@ -42,6 +43,29 @@ impl Api {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Runs `f` noting whether a part of it was forwarded to another node, and where.
+async fn tracking_forwards<T>(
+    f: impl std::future::Future<Output = Result<T, ServiceError>>,
+) -> (Result<T, ServiceError>, Option<String>) {
+    FORWARDED_TO
+        .scope(std::cell::RefCell::new(None), async {
+            let r = f.await;
+            let to = FORWARDED_TO.with(|f| f.borrow().clone());
+            (r, to)
+        })
+        .await
+}
+
+/// An answer that tells the client which node served it, when that was another node, so that
+/// the client can refresh its view of the shard leaders.
+fn forwarded_reply<T>(v: T, to: Option<String>) -> Reply<T> {
+    let mut resp = Response::new(v);
+    if let Some(value) = to.and_then(|a| a.parse().ok()) {
+        resp.metadata_mut().insert(FORWARDED_HEADER, value);
+    }
+    Ok(resp)
+}
 
 fn ok<T>(v: T) -> Reply<T> {
     Ok(Response::new(v))
@@ -150,20 +174,22 @@ impl StreamService for Api {
             explicit_hash_key: r.explicit_hash_key,
         };
         // Field names of PutRecord have no `records[0].` prefix.
-        let mut results = core
-            .put_records(&r.stream_name, vec![entry], hops)
-            .await
-            .map_err(|mut e| {
-                e.message = e.message.replace("records[0].", "");
-                e
-            })?;
+        let (results, to) =
+            tracking_forwards(core.put_records(&r.stream_name, vec![entry], hops)).await;
+        let mut results = results.map_err(|mut e| {
+            e.message = e.message.replace("records[0].", "");
+            e
+        })?;
         let (shard, seq) = results
             .pop()
             .ok_or_else(|| ServiceError::internal("no result"))??;
-        ok(v1::PutRecordResponse {
-            shard_id: shard.to_string(),
-            sequence_number: seq.to_string(),
-        })
+        forwarded_reply(
+            v1::PutRecordResponse {
+                shard_id: shard.to_string(),
+                sequence_number: seq.to_string(),
+            },
+            to,
+        )
     }
 
     async fn put_records(
@@ -173,7 +199,9 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        let results = core.put_records(&r.stream_name, r.records, hops).await?;
+        let (results, to) =
+            tracking_forwards(core.put_records(&r.stream_name, r.records, hops)).await;
+        let results = results?;
         let mut failed = 0;
         let records = results
             .into_iter()
@@ -193,10 +221,13 @@ impl StreamService for Api {
                 }
             })
             .collect();
-        ok(v1::PutRecordsResponse {
-            records,
-            failed_record_count: failed,
-        })
+        forwarded_reply(
+            v1::PutRecordsResponse {
+                records,
+                failed_record_count: failed,
+            },
+            to,
+        )
     }
 
     async fn get_shard_iterator(
@@ -205,8 +236,13 @@ impl StreamService for Api {
     ) -> Reply<v1::GetShardIteratorResponse> {
         let core = self.core()?;
         let hops = hops_of(&req);
-        let shard_iterator = core.get_shard_iterator(req.into_inner(), hops).await?;
-        ok(v1::GetShardIteratorResponse { shard_iterator })
+        let (it, to) = tracking_forwards(core.get_shard_iterator(req.into_inner(), hops)).await;
+        forwarded_reply(
+            v1::GetShardIteratorResponse {
+                shard_iterator: it?,
+            },
+            to,
+        )
     }
 
     async fn get_records(
@@ -216,7 +252,9 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        ok(core.get_records(&r.shard_iterator, r.limit, hops).await?)
+        let (resp, to) =
+            tracking_forwards(core.get_records(&r.shard_iterator, r.limit, hops)).await;
+        forwarded_reply(resp?, to)
     }
 
     type SubscribeToShardStream =

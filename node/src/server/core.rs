@@ -25,10 +25,18 @@ use crate::shard::iterator::{IteratorError, ShardIterator};
 use crate::shard::{NewRecord, ShardCommand, ShardReader};
 use crate::validate;
 
+tokio::task_local! {
+    /// Set, within a request's task, to the address of the node a part of the request was
+    /// forwarded to; the API layer reports it to the client in `x-riptide-forwarded-to`.
+    pub static FORWARDED_TO: std::cell::RefCell<Option<String>>;
+}
+
 /// Replicas per shard (fewer when the cluster is smaller).
 pub const REPLICATION: usize = 3;
 /// Voters of the controller group: the first nodes of the initial cluster.
 pub const CONTROLLER_VOTERS: usize = 3;
+/// How long a write waits for this node to see a new stream turn ACTIVE.
+const CREATING_WAIT: Duration = Duration::from_secs(2);
 /// How long a request waits for a shard or the controller to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -117,7 +125,7 @@ impl Core {
     pub fn stream(&self, name: &str) -> Result<StreamInfo, ServiceError> {
         let name = StreamName::new(name)?;
         ControllerView::stream(self.controller()?.view(), name.as_str())?.ok_or_else(|| {
-            ServiceError::not_found(format!("stream_name: stream {name:?} does not exist"))
+            ServiceError::not_found(format!("stream_name: stream \"{name}\" does not exist"))
         })
     }
 
@@ -379,13 +387,25 @@ impl Core {
         })
     }
 
-    fn writable(s: &StreamInfo) -> Result<(), ServiceError> {
-        match s.status {
-            StreamStatus::Active => Ok(()),
-            StreamStatus::Creating => Err(ServiceError::new(
-                ErrorCode::ResourceInUse,
-                format!("stream_name: stream {:?} is still CREATING", s.name),
-            )),
+    /// The stream, once it takes writes. A node whose view of the controller lags behind may
+    /// still see a new stream as CREATING after another node reported it ACTIVE, so a CREATING
+    /// stream is looked up again for up to [`CREATING_WAIT`] before the request is refused.
+    async fn writable_stream(&self, name: &str) -> Result<StreamInfo, ServiceError> {
+        let deadline = Instant::now() + CREATING_WAIT;
+        let mut changed = self.controller_applied.clone();
+        loop {
+            let s = self.stream(name)?;
+            if s.status == StreamStatus::Active {
+                return Ok(s);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::new(
+                    ErrorCode::ResourceInUse,
+                    format!("stream_name: stream \"{}\" is still CREATING", s.name),
+                ));
+            }
+            let _ = tokio::time::timeout(left, changed.changed()).await;
         }
     }
 
@@ -465,7 +485,10 @@ impl Core {
         let mut last = ServiceError::unavailable("no replica to forward to");
         for addr in addrs {
             match call(addr.clone()).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    let _ = FORWARDED_TO.try_with(|f| *f.borrow_mut() = Some(addr.clone()));
+                    return Ok(v);
+                }
                 Err(s) => {
                     let e = ServiceError::from(s);
                     // A node that answered with anything else than "unreachable" has decided.
@@ -496,8 +519,7 @@ impl Core {
             total += r.data.len() + r.partition_key.len();
         }
         validate::put_records(records.len(), total)?;
-        let info = self.stream(stream)?;
-        Self::writable(&info)?;
+        let info = self.writable_stream(stream).await?;
         let ranges: Vec<_> = info.shards.iter().map(ShardInfo::range).collect();
         // Shard index -> (positions in the request, records).
         let mut by_shard: BTreeMap<usize, (Vec<usize>, Vec<RoutedRecord>)> = BTreeMap::new();

@@ -199,6 +199,14 @@ impl Node {
         {
             abort.abort();
         }
+        // The node's data may be opened again (by a restart in the same process) only once
+        // the last request and group task has let go of it.
+        let closed = self.core.engine.closed_signal();
+        let id = self.core.node_id();
+        drop(self.core);
+        if !closed.wait(Duration::from_secs(15)).await {
+            tracing::warn!(node_id = id, "storage still in use 15s after shutdown");
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::ServiceError;
 
 /// Metadata key with how many times a request was forwarded between nodes.
 pub const HOPS_HEADER: &str = "x-riptide-hops";
-/// Metadata key set on a response that another node served: that node's address.
+/// Metadata key set on a response that another node served (a part of): that node's address.
 pub const FORWARDED_HEADER: &str = "x-riptide-forwarded-to";
 /// A request is forwarded at most this many times, so that nodes with stale views of who
 /// leads cannot bounce it between them forever.

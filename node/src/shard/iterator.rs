@@ -49,7 +49,7 @@ impl ShardIterator {
 
     /// Decodes `token` and checks that it has not expired at `now_ms`.
     pub fn decode(token: &str, now_ms: u64) -> Result<Self, IteratorError> {
-        if token.len() % 2 != 0 || token.len() > 2 * (FIXED + 128 + CHECKSUM) {
+        if !token.len().is_multiple_of(2) || token.len() > 2 * (FIXED + 128 + CHECKSUM) {
             return Err(IteratorError::Malformed("wrong length"));
         }
         let raw: Vec<u8> = (0..token.len())

@@ -121,6 +121,28 @@ impl StoreInner {
     }
 }
 
+/// Tells when a [`NodeStore`]'s RocksDB has been closed.
+#[derive(Debug, Clone)]
+pub struct StoreClosed(std::sync::Weak<StoreInner>);
+
+impl StoreClosed {
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// Waits until the database is closed, at most `timeout`; returns whether it is.
+    pub async fn wait(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
 /// The node's storage: one RocksDB and the log writer in front of it.
 #[derive(Clone)]
 pub struct NodeStore {
@@ -177,6 +199,12 @@ impl NodeStore {
         });
         let writer = LogWriter::start(inner.clone(), group_commit)?;
         Ok(Self { inner, writer })
+    }
+
+    /// A handle that tells when the RocksDB has been closed, i.e. every clone of this store
+    /// (held by groups, views and tasks) has been dropped.
+    pub fn closed_signal(&self) -> StoreClosed {
+        StoreClosed(Arc::downgrade(&self.inner))
     }
 
     /// Stops the log writer after it has written and synced everything queued.
