@@ -1,10 +1,11 @@
 //! The development cluster starts, takes records, stops, and comes back with its data.
 
-use std::time::Duration;
+mod common;
 
+use common::{Api, iterator, read_from, wait_active};
 use riptide_node::dev::{DevCluster, DevOptions};
 use riptide_proto::v1::stream_service_client::StreamServiceClient;
-use riptide_proto::v1::{self, ShardIteratorType, StreamStatus};
+use riptide_proto::v1::{self, ShardIteratorType};
 
 fn free_base_port() -> u16 {
     // Three consecutive free ports: take one and check that the next two are free too.
@@ -22,53 +23,12 @@ fn free_base_port() -> u16 {
     panic!("no three consecutive free ports");
 }
 
-async fn wait_active(c: &mut StreamServiceClient<tonic::transport::Channel>, name: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = c
-            .describe_stream(v1::DescribeStreamRequest {
-                stream_name: name.into(),
-            })
-            .await
-            .expect("describe")
-            .into_inner()
-            .stream
-            .expect("stream");
-        if d.status == StreamStatus::Active as i32 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stream never became ACTIVE"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn read_all(
-    c: &mut StreamServiceClient<tonic::transport::Channel>,
-    name: &str,
-) -> Vec<String> {
-    let it = c
-        .get_shard_iterator(v1::GetShardIteratorRequest {
-            stream_name: name.into(),
-            shard_id: "shardId-000000000000".into(),
-            shard_iterator_type: ShardIteratorType::TrimHorizon as i32,
-            ..Default::default()
-        })
+async fn read_all(api: &mut Api, name: &str) -> Vec<String> {
+    let it = iterator(api, name, 0, ShardIteratorType::TrimHorizon, "", 0)
         .await
-        .expect("iterator")
-        .into_inner()
-        .shard_iterator;
-    let got = c
-        .get_records(v1::GetRecordsRequest {
-            shard_iterator: it,
-            limit: 0,
-        })
+        .expect("iterator");
+    read_from(api, it)
         .await
-        .expect("get records")
-        .into_inner();
-    got.records
         .into_iter()
         .map(|r| String::from_utf8(r.data).expect("utf-8"))
         .collect()
@@ -98,6 +58,7 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     .await
     .expect("create");
     wait_active(&mut c2, "dev").await;
+    wait_active(&mut c3, "dev").await;
     for word in ["one", "two"] {
         c3.put_record(v1::PutRecordRequest {
             stream_name: "dev".into(),

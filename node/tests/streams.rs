@@ -358,6 +358,16 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
             })
             .collect(),
     };
+    let create =
+        |name: &str, shard_count: u32, retention_period_hours: u32| v1::CreateStreamRequest {
+            stream_name: name.into(),
+            shard_count,
+            retention_period_hours,
+        };
+    let get = |shard_iterator: String, limit: u32| v1::GetRecordsRequest {
+        shard_iterator,
+        limit,
+    };
     let good_it = iterator(&mut api, "t", 0, ShardIteratorType::TrimHorizon, "", 0)
         .await
         .expect("it");
@@ -506,70 +516,39 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
         ),
         (
             "duplicate stream",
-            a.create_stream(v1::CreateStreamRequest {
-                stream_name: "t".into(),
-                shard_count: 1,
-                retention_period_hours: 0,
-            })
-            .await
-            .map(|_| ()),
+            a.create_stream(create("t", 1, 0)).await.map(|_| ()),
             ErrorCode::AlreadyExists,
             &["stream_name", "already exists"],
         ),
         (
             "zero shards",
-            a.create_stream(v1::CreateStreamRequest {
-                stream_name: "z".into(),
-                shard_count: 0,
-                retention_period_hours: 0,
-            })
-            .await
-            .map(|_| ()),
+            a.create_stream(create("z", 0, 0)).await.map(|_| ()),
             ErrorCode::InvalidArgument,
             &["shard_count", "256"],
         ),
         (
             "retention too long",
-            a.create_stream(v1::CreateStreamRequest {
-                stream_name: "z".into(),
-                shard_count: 1,
-                retention_period_hours: 9000,
-            })
-            .await
-            .map(|_| ()),
+            a.create_stream(create("z", 1, 9000)).await.map(|_| ()),
             ErrorCode::InvalidArgument,
             &["retention_period_hours", "8760"],
         ),
         (
             "garbage iterator",
-            a.get_records(v1::GetRecordsRequest {
-                shard_iterator: "garbage".into(),
-                limit: 0,
-            })
-            .await
-            .map(|_| ()),
+            a.get_records(get("garbage".into(), 0)).await.map(|_| ()),
             ErrorCode::InvalidArgument,
             &["shard_iterator"],
         ),
         (
             "forged iterator",
-            a.get_records(v1::GetRecordsRequest {
-                shard_iterator: forged,
-                limit: 0,
-            })
-            .await
-            .map(|_| ()),
+            a.get_records(get(forged, 0)).await.map(|_| ()),
             ErrorCode::InvalidArgument,
             &["shard_iterator"],
         ),
         (
             "limit too high",
-            a.get_records(v1::GetRecordsRequest {
-                shard_iterator: good_it.clone(),
-                limit: 10_001,
-            })
-            .await
-            .map(|_| ()),
+            a.get_records(get(good_it.clone(), 10_001))
+                .await
+                .map(|_| ()),
             ErrorCode::InvalidArgument,
             &["limit", "10000"],
         ),

@@ -167,26 +167,7 @@ impl TestCluster {
         })
         .await
         .expect("create stream");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let d = api
-                .describe_stream(v1::DescribeStreamRequest {
-                    stream_name: name.into(),
-                })
-                .await
-                .expect("describe")
-                .into_inner()
-                .stream
-                .expect("stream");
-            if d.status == StreamStatus::Active as i32 {
-                return d;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream {name} never became ACTIVE"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_active(&mut api, name).await
     }
 
     pub async fn shutdown(mut self) {
@@ -249,4 +230,28 @@ pub async fn iterator(
     })
     .await
     .map(|r| r.into_inner().shard_iterator)
+}
+
+/// Waits until `name` is ACTIVE in the view of the node behind `api`, and returns it.
+pub async fn wait_active(api: &mut Api, name: &str) -> v1::StreamDescription {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = api
+            .describe_stream(v1::DescribeStreamRequest {
+                stream_name: name.into(),
+            })
+            .await
+            .expect("describe")
+            .into_inner()
+            .stream
+            .expect("stream");
+        if d.status == StreamStatus::Active as i32 {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream {name} never became ACTIVE"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
