@@ -1,6 +1,8 @@
 //! Checks of request fields against Kinesis's limits. Pure functions: each error names the
 //! field and the limit.
 
+use riptide_proto::ErrorCode;
+
 use crate::error::ServiceError;
 
 /// Longest partition key, in characters.
@@ -19,6 +21,67 @@ pub const MAX_GET_RECORDS_BYTES: usize = 10 * 1024 * 1024;
 pub const MIN_RETENTION_HOURS: u32 = 1;
 pub const MAX_RETENTION_HOURS: u32 = 8760;
 pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+/// Tags one stream may hold, as in Kinesis.
+pub const MAX_TAGS_PER_STREAM: u32 = 50;
+/// Tag keys are 1 to 128 characters, values 0 to 256.
+pub const MAX_TAG_KEY_CHARS: usize = 128;
+pub const MAX_TAG_VALUE_CHARS: usize = 256;
+/// Most tag keys one call may remove.
+pub const MAX_TAG_KEYS_PER_CALL: usize = 50;
+
+fn tag_key(field: &str, key: &str) -> Result<(), ServiceError> {
+    let chars = key.chars().count();
+    if chars == 0 || chars > MAX_TAG_KEY_CHARS {
+        return Err(ServiceError::new(
+            ErrorCode::Validation,
+            format!(
+                "{field}: tag key {key:?} must be 1 to {MAX_TAG_KEY_CHARS} characters, got {chars}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks tags to set: at least one, keys of 1 to 128 characters, values of at most 256. The
+/// count per stream is checked when the controller applies them.
+pub fn tags<'a>(
+    field: &str,
+    tags: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), ServiceError> {
+    if tags.len() == 0 {
+        return Err(ServiceError::new(
+            ErrorCode::Validation,
+            format!("{field}: must hold at least 1 tag"),
+        ));
+    }
+    for (k, v) in tags {
+        tag_key(field, k)?;
+        let chars = v.chars().count();
+        if chars > MAX_TAG_VALUE_CHARS {
+            return Err(ServiceError::new(
+                ErrorCode::Validation,
+                format!(
+                    "{field}: value of tag {k:?} must be at most {MAX_TAG_VALUE_CHARS} characters, got {chars}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks tag keys to remove: 1 to 50 keys of 1 to 128 characters.
+pub fn tag_keys(field: &str, keys: &[String]) -> Result<(), ServiceError> {
+    if keys.is_empty() || keys.len() > MAX_TAG_KEYS_PER_CALL {
+        return Err(ServiceError::new(
+            ErrorCode::Validation,
+            format!(
+                "{field}: must hold 1 to {MAX_TAG_KEYS_PER_CALL} tag keys, got {}",
+                keys.len()
+            ),
+        ));
+    }
+    keys.iter().try_for_each(|k| tag_key(field, k))
+}
 
 /// Checks one record; `field` is its place in the request, e.g. `records[3]`.
 pub fn record(field: &str, partition_key: &str, data_len: usize) -> Result<(), ServiceError> {
@@ -89,7 +152,7 @@ pub fn get_limit(limit: u32) -> Result<usize, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use riptide_proto::ErrorCode;
+    use std::collections::BTreeMap;
 
     #[test]
     fn limits_hold_at_their_edges() {
@@ -141,5 +204,23 @@ mod tests {
         );
         assert_eq!(get_limit(0), Ok(10_000));
         assert!(get_limit(10_001).is_err());
+    }
+
+    #[test]
+    fn tag_limits_hold_at_their_edges() {
+        let one = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(tags("tags", one(&"k".repeat(128), &"v".repeat(256)).iter()).is_ok());
+        assert!(tags("tags", one("k", "").iter()).is_ok());
+        let e = tags("tags", one(&"k".repeat(129), "v").iter()).expect_err("long key");
+        assert_eq!(e.code, ErrorCode::Validation);
+        assert!(e.message.contains("tags") && e.message.contains("128"));
+        let e = tags("tags", one("k", &"v".repeat(257)).iter()).expect_err("long value");
+        assert!(e.message.contains("256"));
+        assert!(tags("tags", one("", "v").iter()).is_err());
+        assert!(tags("tags", BTreeMap::new().iter()).is_err());
+        assert!(tag_keys("tag_keys", &["a".into()]).is_ok());
+        assert!(tag_keys("tag_keys", &[]).is_err());
+        let e = tag_keys("tag_keys", &vec!["a".to_string(); 51]).expect_err("51 keys");
+        assert!(e.message.contains("tag_keys") && e.message.contains("50"));
     }
 }

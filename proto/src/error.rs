@@ -29,10 +29,21 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or a storage failure on the node.
     Internal,
+    /// The request does not match the API's schema: a required member is missing, a member
+    /// has the wrong type or breaks its declared length, pattern or range.
+    Validation,
+    /// The request body could not be decoded (not JSON or CBOR, or a value of the wrong kind).
+    Serialization,
+    /// The Authorization header is not a well-formed AWS Signature Version 4 header.
+    IncompleteSignature,
+    /// The API has no operation of that name.
+    UnknownOperation,
+    /// The operation exists in the Kinesis API but Riptide does not implement it yet.
+    Unsupported,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidArgument,
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
@@ -42,6 +53,11 @@ impl ErrorCode {
         ErrorCode::Throttled,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Validation,
+        ErrorCode::Serialization,
+        ErrorCode::IncompleteSignature,
+        ErrorCode::UnknownOperation,
+        ErrorCode::Unsupported,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +71,11 @@ impl ErrorCode {
             ErrorCode::Throttled => "Throttled",
             ErrorCode::Unavailable => "Unavailable",
             ErrorCode::Internal => "Internal",
+            ErrorCode::Validation => "Validation",
+            ErrorCode::Serialization => "Serialization",
+            ErrorCode::IncompleteSignature => "IncompleteSignature",
+            ErrorCode::UnknownOperation => "UnknownOperation",
+            ErrorCode::Unsupported => "Unsupported",
         }
     }
 
@@ -70,6 +91,9 @@ impl ErrorCode {
             ErrorCode::Throttled => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::Validation | ErrorCode::Serialization => tonic::Code::InvalidArgument,
+            ErrorCode::IncompleteSignature => tonic::Code::Unauthenticated,
+            ErrorCode::UnknownOperation | ErrorCode::Unsupported => tonic::Code::Unimplemented,
         }
     }
 
@@ -84,15 +108,32 @@ impl ErrorCode {
             ErrorCode::Throttled => "ProvisionedThroughputExceededException",
             ErrorCode::Unavailable => "ServiceUnavailable",
             ErrorCode::Internal => "InternalFailure",
+            ErrorCode::Validation => "ValidationException",
+            ErrorCode::Serialization => "SerializationException",
+            ErrorCode::IncompleteSignature => "IncompleteSignatureException",
+            ErrorCode::UnknownOperation => "UnknownOperationException",
+            ErrorCode::Unsupported => "UnsupportedOperationException",
         }
     }
 
-    /// The HTTP status the Kinesis API answers with.
+    /// The HTTP status the Kinesis API answers with: AWS's 400 for every client error
+    /// (throttling included), 500 and 503 for the server's own failures.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
-            _ => 400,
+            ErrorCode::InvalidArgument
+            | ErrorCode::NotFound
+            | ErrorCode::AlreadyExists
+            | ErrorCode::ResourceInUse
+            | ErrorCode::LimitExceeded
+            | ErrorCode::ExpiredIterator
+            | ErrorCode::Throttled
+            | ErrorCode::Validation
+            | ErrorCode::Serialization
+            | ErrorCode::IncompleteSignature
+            | ErrorCode::UnknownOperation
+            | ErrorCode::Unsupported => 400,
         }
     }
 
@@ -144,6 +185,7 @@ pub fn status_code(status: &tonic::Status) -> ErrorCode {
         tonic::Code::FailedPrecondition => ErrorCode::ResourceInUse,
         tonic::Code::OutOfRange => ErrorCode::ExpiredIterator,
         tonic::Code::ResourceExhausted => ErrorCode::Throttled,
+        tonic::Code::Unimplemented => ErrorCode::Unsupported,
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             ErrorCode::Unavailable
         }
@@ -162,6 +204,18 @@ mod tests {
             assert_eq!(status_code(&status), code);
             assert_eq!(code.name().parse::<ErrorCode>(), Ok(code));
         }
+    }
+
+    #[test]
+    fn every_code_has_its_own_kinesis_type_except_the_two_in_use_codes() {
+        let mut types: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.kinesis_type()).collect();
+        types.sort_unstable();
+        types.dedup();
+        // AlreadyExists and ResourceInUse are both ResourceInUseException in Kinesis.
+        assert_eq!(types.len(), ErrorCode::ALL.len() - 1);
+        assert_eq!(ErrorCode::Validation.kinesis_type(), "ValidationException");
+        assert_eq!(ErrorCode::Throttled.http_status(), 400);
+        assert_eq!(ErrorCode::Unavailable.http_status(), 503);
     }
 
     #[test]

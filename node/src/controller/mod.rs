@@ -7,6 +7,8 @@
 
 pub mod placement;
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use riptide_proto::{ErrorCode, HashKeyRange, split_hash_space};
 use riptide_raft::{
@@ -33,6 +35,15 @@ pub struct NodeInfo {
 pub enum StreamStatus {
     Creating,
     Active,
+}
+
+/// How a stream's capacity is managed, as Kinesis names it. Riptide records the mode and reports
+/// it; it does not scale an ON_DEMAND stream's shards by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamMode {
+    #[default]
+    Provisioned,
+    OnDemand,
 }
 
 /// A shard of a stream.
@@ -66,6 +77,12 @@ pub struct StreamInfo {
     pub retention_hours: u32,
     pub created_ms: u64,
     pub shards: Vec<ShardInfo>,
+    /// Streams stored before modes existed are PROVISIONED.
+    #[serde(default)]
+    pub mode: StreamMode,
+    /// Tags by key; streams stored before tags existed have none.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Limits the controller enforces when it applies a command, so that every replica decides
@@ -90,6 +107,10 @@ pub enum ControllerCommand {
         /// Replica node ids per shard; the shard count is its length.
         placements: Vec<Vec<u64>>,
         limits: CountLimits,
+        #[serde(default)]
+        mode: StreamMode,
+        #[serde(default)]
+        tags: BTreeMap<String, String>,
     },
     ShardReady {
         stream: String,
@@ -102,6 +123,18 @@ pub enum ControllerCommand {
     SetRetention {
         name: String,
         hours: u32,
+    },
+    /// Sets the tags in `set` (replacing values of keys the stream has) and removes the keys in
+    /// `remove`; refused when the stream would hold more than `max_tags`.
+    UpdateTags {
+        name: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        max_tags: u32,
+    },
+    SetStreamMode {
+        name: String,
+        mode: StreamMode,
     },
 }
 
@@ -280,6 +313,8 @@ impl ControllerMachine {
                 created_ms,
                 placements,
                 limits,
+                mode,
+                tags,
             } => {
                 if stream_of(pending, &name)?.is_some() {
                     return Ok(Err(Refusal::new(
@@ -356,6 +391,8 @@ impl ControllerMachine {
                     retention_hours,
                     created_ms,
                     shards,
+                    mode,
+                    tags,
                 };
                 put(
                     pending,
@@ -406,6 +443,45 @@ impl ControllerMachine {
                 put(pending, stream_key(&name), Some(to_json(&s)));
                 Ok(Ok(ControllerReply::Stream(s)))
             }
+            ControllerCommand::UpdateTags {
+                name,
+                set,
+                remove,
+                max_tags,
+            } => {
+                let Some(mut s) = stream_of(pending, &name)? else {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("stream_name: stream {name:?} does not exist"),
+                    )));
+                };
+                for k in &remove {
+                    s.tags.remove(k);
+                }
+                s.tags.extend(set);
+                if s.tags.len() > max_tags as usize {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "tags: stream {name:?} would hold {} tags, the limit is {max_tags} per stream",
+                            s.tags.len()
+                        ),
+                    )));
+                }
+                put(pending, stream_key(&name), Some(to_json(&s)));
+                Ok(Ok(ControllerReply::Stream(s)))
+            }
+            ControllerCommand::SetStreamMode { name, mode } => {
+                let Some(mut s) = stream_of(pending, &name)? else {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("stream_name: stream {name:?} does not exist"),
+                    )));
+                };
+                s.mode = mode;
+                put(pending, stream_key(&name), Some(to_json(&s)));
+                Ok(Ok(ControllerReply::Stream(s)))
+            }
         }
     }
 }
@@ -453,4 +529,26 @@ impl StateMachine for ControllerMachine {
 /// Decodes the reply the controller's state machine gave to a command.
 pub fn decode_reply(raw: &[u8]) -> Result<ReplyResult, serde_json::Error> {
     serde_json::from_slice(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_and_commands_stored_before_modes_and_tags_still_load() {
+        let old =
+            r#"{"name":"s","status":"Active","retention_hours":24,"created_ms":5,"shards":[]}"#;
+        let s: StreamInfo = serde_json::from_str(old).expect("old stream record loads");
+        assert_eq!(s.mode, StreamMode::Provisioned);
+        assert!(s.tags.is_empty());
+        let old_cmd = r#"{"CreateStream":{"name":"s","retention_hours":24,"created_ms":5,"placements":[[1]],"limits":{"max_streams":1,"max_shards":1}}}"#;
+        match ControllerCommand::decode(old_cmd.as_bytes()).expect("old command decodes") {
+            ControllerCommand::CreateStream { mode, tags, .. } => {
+                assert_eq!(mode, StreamMode::Provisioned);
+                assert!(tags.is_empty());
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 }

@@ -115,23 +115,8 @@ impl StreamService for Api {
     ) -> Reply<v1::ListStreamsResponse> {
         let core = self.core()?;
         let r = req.into_inner();
-        let limit = match r.limit {
-            0 => 100,
-            l if l <= 10_000 => l as usize,
-            l => {
-                return Err(
-                    ServiceError::invalid(format!("limit: must be 1 to 10000, got {l}")).into(),
-                );
-            }
-        };
-        let mut streams: Vec<_> = core
-            .streams()?
-            .into_iter()
-            .filter(|s| s.name.as_str() > r.exclusive_start_stream_name.as_str())
-            .collect();
-        streams.sort_by(|a, b| a.name.cmp(&b.name));
-        let has_more_streams = streams.len() > limit;
-        streams.truncate(limit);
+        let (streams, has_more_streams) =
+            core.list_streams(&r.exclusive_start_stream_name, r.limit)?;
         ok(v1::ListStreamsResponse {
             streams: streams.iter().map(|s| core.describe(s)).collect(),
             has_more_streams,
@@ -164,25 +149,19 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        if let Some(s) = &r.sequence_number_for_ordering {
-            riptide_proto::SequenceNumber::parse(s, "sequence_number_for_ordering")
-                .map_err(ServiceError::from)?;
-        }
         let entry = v1::PutRecordsEntry {
             data: r.data,
             partition_key: r.partition_key,
             explicit_hash_key: r.explicit_hash_key,
         };
-        // Field names of PutRecord have no `records[0].` prefix.
-        let (results, to) =
-            tracking_forwards(core.put_records(&r.stream_name, vec![entry], hops)).await;
-        let mut results = results.map_err(|mut e| {
-            e.message = e.message.replace("records[0].", "");
-            e
-        })?;
-        let (shard, seq) = results
-            .pop()
-            .ok_or_else(|| ServiceError::internal("no result"))??;
+        let (result, to) = tracking_forwards(core.put_record(
+            &r.stream_name,
+            entry,
+            r.sequence_number_for_ordering.as_deref(),
+            hops,
+        ))
+        .await;
+        let (shard, seq) = result?;
         forwarded_reply(
             v1::PutRecordResponse {
                 shard_id: shard.to_string(),

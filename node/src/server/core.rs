@@ -17,7 +17,7 @@ use crate::config::NodeConfig;
 use crate::controller::placement::{self, Candidate};
 use crate::controller::{
     CONTROLLER_GROUP, ControllerCommand, ControllerReply, ControllerView, CountLimits, NodeInfo,
-    ShardInfo, StreamInfo, StreamStatus, decode_reply,
+    ShardInfo, StreamInfo, StreamMode, StreamStatus, decode_reply,
 };
 use crate::error::ServiceError;
 use crate::server::peers::{MAX_HOPS, Peers, forwarded};
@@ -39,6 +39,30 @@ pub const CONTROLLER_VOTERS: usize = 3;
 const CREATING_WAIT: Duration = Duration::from_secs(2);
 /// How long a request waits for a shard or the controller to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// Shards of an ON_DEMAND stream created without a shard count, as in Kinesis.
+pub const ON_DEMAND_SHARDS: u32 = 4;
+/// Streams a listing returns when the request names no limit, and the most it may ask for.
+pub const DEFAULT_LIST_STREAMS: u32 = 100;
+pub const MAX_LIST_STREAMS: u32 = 10_000;
+
+/// Which way a retention change may go (Kinesis has one call for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionChange {
+    Increase,
+    Decrease,
+}
+
+/// The cluster's stream and shard counts against their limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Shards the cluster may hold (`limits.max_shards`).
+    pub shard_limit: u32,
+    /// Shards of every stream (no shard is ever closed yet).
+    pub open_shards: u32,
+    pub on_demand_streams: u32,
+    /// Streams the cluster may hold (`limits.max_streams`), ON_DEMAND ones included.
+    pub on_demand_stream_limit: u32,
+}
 
 /// Where a shard's leader is.
 pub enum Route {
@@ -273,10 +297,52 @@ impl Core {
         shard_count: u32,
         retention_hours: u32,
     ) -> Result<StreamInfo, ServiceError> {
+        self.create_stream_with(
+            name,
+            Some(shard_count),
+            retention_hours,
+            StreamMode::Provisioned,
+            BTreeMap::new(),
+        )
+        .await
+    }
+
+    /// Creates a stream in `mode` with `tags`. An ON_DEMAND stream created without a shard
+    /// count gets [`ON_DEMAND_SHARDS`]; a PROVISIONED one needs a count.
+    pub async fn create_stream_with(
+        &self,
+        name: &str,
+        shard_count: Option<u32>,
+        retention_hours: u32,
+        mode: StreamMode,
+        tags: BTreeMap<String, String>,
+    ) -> Result<StreamInfo, ServiceError> {
         let name = StreamName::new(name)?;
         let limits = &self.config.limits;
+        let shard_count = match (shard_count, mode) {
+            (Some(n), _) => n,
+            (None, StreamMode::OnDemand) => ON_DEMAND_SHARDS.min(limits.max_shards_per_stream),
+            (None, StreamMode::Provisioned) => {
+                return Err(ServiceError::invalid(
+                    "shard_count: required for a PROVISIONED stream (1 to limits.max_shards_per_stream)",
+                ));
+            }
+        };
         validate::shard_count(shard_count, limits.max_shards_per_stream)?;
         let retention_hours = validate::retention("retention_period_hours", retention_hours, true)?;
+        if !tags.is_empty() {
+            validate::tags("tags", tags.iter())?;
+            if tags.len() > validate::MAX_TAGS_PER_STREAM as usize {
+                return Err(ServiceError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "tags: {} tags given, the limit is {} per stream",
+                        tags.len(),
+                        validate::MAX_TAGS_PER_STREAM
+                    ),
+                ));
+            }
+        }
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         for s in self.streams()? {
             for sh in s.shards {
@@ -309,6 +375,8 @@ impl Core {
                 max_streams: limits.max_streams,
                 max_shards: limits.max_shards,
             },
+            mode,
+            tags,
         };
         match self.propose(&cmd, 0).await? {
             ControllerReply::Stream(s) => Ok(s),
@@ -340,6 +408,134 @@ impl Core {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Changes the retention in one direction only, as Kinesis's Increase and Decrease calls do.
+    pub async fn change_retention(
+        &self,
+        name: &str,
+        hours: u32,
+        change: RetentionChange,
+    ) -> Result<(), ServiceError> {
+        let current = self.stream(name)?.retention_hours;
+        match change {
+            RetentionChange::Increase if hours < current => Err(ServiceError::invalid(format!(
+                "retention_period_hours: {hours} is shorter than the stream's current {current} hours; decrease it instead"
+            ))),
+            RetentionChange::Decrease if hours > current => Err(ServiceError::invalid(format!(
+                "retention_period_hours: {hours} is longer than the stream's current {current} hours; increase it instead"
+            ))),
+            _ => self.set_retention(name, hours).await,
+        }
+    }
+
+    /// Sets tags on a stream (replacing the values of keys it has); a stream holds at most
+    /// [`validate::MAX_TAGS_PER_STREAM`] tags.
+    pub async fn tag_stream(
+        &self,
+        name: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        validate::tags("tags", tags.iter())?;
+        self.propose(
+            &ControllerCommand::UpdateTags {
+                name: name.as_str().to_string(),
+                set: tags,
+                remove: Vec::new(),
+                max_tags: validate::MAX_TAGS_PER_STREAM,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes tags from a stream; keys it does not have are ignored.
+    pub async fn untag_stream(&self, name: &str, keys: Vec<String>) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        validate::tag_keys("tag_keys", &keys)?;
+        self.propose(
+            &ControllerCommand::UpdateTags {
+                name: name.as_str().to_string(),
+                set: BTreeMap::new(),
+                remove: keys,
+                max_tags: validate::MAX_TAGS_PER_STREAM,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_stream_mode(&self, name: &str, mode: StreamMode) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        self.propose(
+            &ControllerCommand::SetStreamMode {
+                name: name.as_str().to_string(),
+                mode,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Streams whose names sort after `exclusive_start`, in name order, at most `limit` (0
+    /// takes [`DEFAULT_LIST_STREAMS`]); true when more follow.
+    pub fn list_streams(
+        &self,
+        exclusive_start: &str,
+        limit: u32,
+    ) -> Result<(Vec<StreamInfo>, bool), ServiceError> {
+        let limit = match limit {
+            0 => DEFAULT_LIST_STREAMS,
+            l if l <= MAX_LIST_STREAMS => l,
+            l => {
+                return Err(ServiceError::invalid(format!(
+                    "limit: must be 1 to {MAX_LIST_STREAMS}, got {l}"
+                )));
+            }
+        } as usize;
+        let mut streams: Vec<StreamInfo> = self
+            .streams()?
+            .into_iter()
+            .filter(|s| s.name.as_str() > exclusive_start)
+            .collect();
+        streams.sort_by(|a, b| a.name.cmp(&b.name));
+        let more = streams.len() > limit;
+        streams.truncate(limit);
+        Ok((streams, more))
+    }
+
+    /// The stream's shards after `exclusive_start` (all when `None`), at most `limit`; true
+    /// when more follow.
+    pub fn shards_page(
+        info: &StreamInfo,
+        exclusive_start: Option<ShardId>,
+        limit: usize,
+    ) -> (&[ShardInfo], bool) {
+        let from = exclusive_start
+            .map(|s| (s.0 as usize).saturating_add(1))
+            .unwrap_or(0)
+            .min(info.shards.len());
+        let rest = &info.shards[from..];
+        let n = rest.len().min(limit);
+        (&rest[..n], rest.len() > n)
+    }
+
+    /// Shard and stream counts against the configured limits.
+    pub fn stream_limits(&self) -> Result<StreamLimits, ServiceError> {
+        let streams = self.streams()?;
+        Ok(StreamLimits {
+            shard_limit: self.config.limits.max_shards,
+            open_shards: streams.iter().map(|s| s.shards.len() as u32).sum(),
+            on_demand_streams: streams
+                .iter()
+                .filter(|s| s.mode == StreamMode::OnDemand)
+                .count() as u32,
+            on_demand_stream_limit: self.config.limits.max_streams,
+        })
     }
 
     /// The stream's description as the API shows it, with each shard's leader as this node
@@ -505,6 +701,31 @@ impl Core {
     // -----------------------------------------------------------------------------------------
     // Writes
     // -----------------------------------------------------------------------------------------
+
+    /// Puts one record: PutRecords with one entry, its fields named without the `records[0].`
+    /// prefix. `sequence_number_for_ordering` is checked for form only: sequence numbers always
+    /// increase within a shard, which is what Kinesis promises for it.
+    pub async fn put_record(
+        &self,
+        stream: &str,
+        entry: v1::PutRecordsEntry,
+        sequence_number_for_ordering: Option<&str>,
+        hops: u32,
+    ) -> Result<(ShardId, SequenceNumber), ServiceError> {
+        if let Some(s) = sequence_number_for_ordering {
+            SequenceNumber::parse(s, "sequence_number_for_ordering")?;
+        }
+        let mut results = self
+            .put_records(stream, vec![entry], hops)
+            .await
+            .map_err(|mut e| {
+                e.message = e.message.replace("records[0].", "");
+                e
+            })?;
+        results
+            .pop()
+            .ok_or_else(|| ServiceError::internal("no result for the record"))?
+    }
 
     /// Puts records; one result per record, in order. Bad input fails the whole call.
     pub async fn put_records(
@@ -1041,5 +1262,57 @@ fn reply(raw: &[u8]) -> Result<ControllerReply, ServiceError> {
         Err(e) => Err(ServiceError::internal(format!(
             "controller reply not understood: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(n: u32) -> StreamInfo {
+        StreamInfo {
+            name: "s".into(),
+            status: StreamStatus::Active,
+            retention_hours: 24,
+            created_ms: 1,
+            shards: (0..n)
+                .map(|i| ShardInfo {
+                    index: i,
+                    group: u64::from(i) + 1,
+                    hash_start: 0,
+                    hash_end: 0,
+                    replicas: vec![1],
+                    ready: true,
+                })
+                .collect(),
+            mode: StreamMode::Provisioned,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn shard_pages_follow_the_exclusive_start() {
+        let s = stream_of(5);
+        let ids = |(page, more): (&[ShardInfo], bool)| {
+            (page.iter().map(|sh| sh.index).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(ids(Core::shards_page(&s, None, 2)), (vec![0, 1], true));
+        assert_eq!(
+            ids(Core::shards_page(&s, Some(ShardId(1)), 2)),
+            (vec![2, 3], true)
+        );
+        assert_eq!(
+            ids(Core::shards_page(&s, Some(ShardId(3)), 2)),
+            (vec![4], false)
+        );
+        assert_eq!(
+            ids(Core::shards_page(&s, Some(ShardId(4)), 2)),
+            (vec![], false)
+        );
+        assert_eq!(
+            ids(Core::shards_page(&s, Some(ShardId(u32::MAX)), 2)),
+            (vec![], false)
+        );
+        assert_eq!(ids(Core::shards_page(&s, None, 100)).0.len(), 5);
     }
 }
