@@ -153,6 +153,11 @@ impl LogWriter {
         self.shared.poisoned()
     }
 
+    /// Stops the store's writes for good: every later task fails with `reason`.
+    pub(crate) fn poison(&self, reason: String) {
+        self.shared.poison(reason);
+    }
+
     pub(crate) fn stats(&self) -> WriterStats {
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -166,6 +171,19 @@ impl LogWriter {
             let _ = t.join();
         }
     }
+}
+
+/// One RocksDB write batch holding `ops` in order.
+pub(crate) fn batch_of<'a>(store: &StoreInner, ops: impl Iterator<Item = &'a Op>) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    for op in ops {
+        match op {
+            Op::Put(f, k, v) => batch.put_cf(store.cf(*f), k, v),
+            Op::Delete(f, k) => batch.delete_cf(store.cf(*f), k),
+            Op::DeleteRange(f, a, b) => batch.delete_range_cf(store.cf(*f), a, b),
+        }
+    }
+    batch
 }
 
 fn fail_task(task: WriteTask, reason: &str) {
@@ -216,16 +234,7 @@ fn writer_loop(
             continue;
         }
 
-        let mut batch = WriteBatch::default();
-        for task in &tasks {
-            for op in &task.ops {
-                match op {
-                    Op::Put(f, k, v) => batch.put_cf(store.cf(*f), k, v),
-                    Op::Delete(f, k) => batch.delete_cf(store.cf(*f), k),
-                    Op::DeleteRange(f, a, b) => batch.delete_range_cf(store.cf(*f), a, b),
-                }
-            }
-        }
+        let batch = batch_of(&store, tasks.iter().flat_map(|t| &t.ops));
         if let Err(e) = store.db.write_opt(batch, &write_opts) {
             shared.poison(format!("write failed: {e}"));
             let reason = shared.poisoned().unwrap_or_default();

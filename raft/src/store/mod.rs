@@ -207,6 +207,24 @@ impl NodeStore {
         StoreClosed(Arc::downgrade(&self.inner))
     }
 
+    /// Writes `ops` from the calling thread, unsynced: readable on return, durable with the
+    /// log writer's next sync. For state-machine writes, which need no ordering with the log
+    /// (they cover entries already committed and persisted in the log), and which thereby save
+    /// two thread hand-offs per apply. A failed write poisons the store like a failed log write.
+    pub(crate) fn write_now(&self, ops: &[Op]) -> Result<(), StorageError> {
+        if let Some(reason) = self.writer.poisoned() {
+            return Err(StorageError::Poisoned(reason));
+        }
+        let batch = log_writer::batch_of(&self.inner, ops.iter());
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(false);
+        self.inner.db.write_opt(batch, &opts).map_err(|e| {
+            let reason = format!("write failed: {e}");
+            self.writer.poison(reason.clone());
+            StorageError::Poisoned(reason)
+        })
+    }
+
     /// Stops the log writer after it has written and synced everything queued.
     pub fn shutdown(&self) {
         self.writer.shutdown();

@@ -184,7 +184,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 encode(&m),
             ));
         }
-        self.store.writer.write(ops).await?;
+        self.store.write_now(&ops)?;
 
         let mut responses = responses.into_iter();
         for (entry, responder) in items {
