@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub listen: String,
     /// Address other nodes and clients use to reach this node; defaults to `listen`.
     pub advertise: String,
+    /// Address the Kinesis-compatible HTTP API binds; empty turns it off.
+    pub kinesis_listen: String,
     /// Holds the node's RocksDB and snapshot spool.
     pub data_dir: PathBuf,
     pub region: String,
@@ -82,6 +84,7 @@ impl Default for NodeConfig {
             node_id: 0,
             listen: "127.0.0.1:7101".into(),
             advertise: String::new(),
+            kinesis_listen: String::new(),
             data_dir: PathBuf::from("riptide-data"),
             region: "local".into(),
             zone: "local-a".into(),
@@ -106,6 +109,7 @@ pub struct ConfigOverrides {
     pub node_id: Option<u64>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
+    pub kinesis_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub region: Option<String>,
     pub zone: Option<String>,
@@ -146,6 +150,7 @@ impl NodeConfig {
         for (key, slot) in [
             ("RIPTIDE_LISTEN", &mut c.listen),
             ("RIPTIDE_ADVERTISE", &mut c.advertise),
+            ("RIPTIDE_KINESIS_LISTEN", &mut c.kinesis_listen),
             ("RIPTIDE_REGION", &mut c.region),
             ("RIPTIDE_ZONE", &mut c.zone),
             ("RIPTIDE_JOIN", &mut c.join),
@@ -164,6 +169,7 @@ impl NodeConfig {
             node_id,
             listen,
             advertise,
+            kinesis_listen,
             data_dir,
             region,
             zone,
@@ -173,6 +179,7 @@ impl NodeConfig {
         c.node_id = node_id.unwrap_or(c.node_id);
         c.listen = listen.unwrap_or(c.listen);
         c.advertise = advertise.unwrap_or(c.advertise);
+        c.kinesis_listen = kinesis_listen.unwrap_or(c.kinesis_listen);
         c.data_dir = data_dir.unwrap_or(c.data_dir);
         c.region = region.unwrap_or(c.region);
         c.zone = zone.unwrap_or(c.zone);
@@ -243,6 +250,18 @@ impl NodeConfig {
         check_addr("listen", &self.listen)?;
         if !self.advertise.is_empty() {
             check_addr("advertise", &self.advertise)?;
+        }
+        if !self.kinesis_listen.is_empty() {
+            check_addr("kinesis_listen", &self.kinesis_listen)?;
+            if self.kinesis_listen == self.listen {
+                return Err(ConfigError::new(
+                    "kinesis_listen",
+                    format!(
+                        "must differ from listen ({}): the Kinesis API has its own port",
+                        self.listen
+                    ),
+                ));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));
@@ -366,6 +385,16 @@ mod tests {
             "limits.max_shards"
         );
         assert_eq!(err("nodeid = 1"), "nodeid");
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nkinesis_listen = \"4567\""),
+            "kinesis_listen"
+        );
+        assert_eq!(
+            err(
+                "node_id = 1\ninitial_cluster=[\"1=a:1\"]\nlisten = \"a:1\"\nkinesis_listen = \"a:1\""
+            ),
+            "kinesis_listen"
+        );
         let e = NodeConfig::load(
             None,
             |k| (k == "RIPTIDE_NODE_ID").then(|| "x".into()),
@@ -390,6 +419,7 @@ mod template_tests {
             "node_id",
             "listen",
             "advertise",
+            "kinesis_listen",
             "data_dir",
             "region",
             "zone",

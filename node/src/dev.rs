@@ -1,8 +1,9 @@
 //! `riptide dev`: a three-node cluster in one process, on 127.0.0.1, for trying Riptide out.
 //!
 //! Each node has its own data directory under one folder and its own port; together they form
-//! a cluster exactly as three `riptide node` processes would. Starting it again with the same
-//! folder brings back every stream and record.
+//! a cluster exactly as three `riptide node` processes would. Node 1 also serves the Kinesis
+//! HTTP API (on port 4567 unless told otherwise). Starting it again with the same folder brings
+//! back every stream and record.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +22,13 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     /// Port of node 1; nodes 2 and 3 take the next two.
     pub base_port: u16,
+    /// Port of node 1's Kinesis HTTP API; 0 turns it off.
+    pub kinesis_port: u16,
 }
+
+/// Port of the Kinesis API of `riptide dev` unless told otherwise, the one kinesalite made
+/// familiar.
+pub const DEFAULT_KINESIS_PORT: u16 = 4567;
 
 /// A running development cluster.
 pub struct DevCluster {
@@ -48,6 +55,11 @@ impl DevCluster {
                     listen: addr(i)?,
                     data_dir: opts.data_dir.join(format!("node-{}", i + 1)),
                     zone: format!("local-{}", (b'a' + i as u8) as char),
+                    kinesis_listen: if i == 0 && opts.kinesis_port != 0 {
+                        format!("127.0.0.1:{}", opts.kinesis_port)
+                    } else {
+                        String::new()
+                    },
                     initial_cluster: initial.clone(),
                     ..NodeConfig::default()
                 })
@@ -110,6 +122,11 @@ impl DevCluster {
                 "node {} listening on http://{}\n",
                 n.id(),
                 n.addr()
+            ));
+        }
+        if let Some(addr) = self.nodes.first().and_then(|n| n.kinesis_addr()) {
+            out.push_str(&format!(
+                "kinesis api on http://{addr} (boto3: endpoint_url=\"http://{addr}\"; aws cli: --endpoint-url http://{addr}; any credentials)\n"
             ));
         }
         if let Some(first) = self.nodes.first() {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod dev;
 pub mod error;
+pub mod kinesis_api;
 pub mod server;
 pub mod shard;
 pub mod validate;

@@ -35,6 +35,9 @@ enum Command {
         /// Port of node 1; nodes 2 and 3 use the next two ports.
         #[arg(long, default_value_t = 7101, env = "RIPTIDE_DEV_BASE_PORT")]
         base_port: u16,
+        /// Port of the Kinesis-compatible HTTP API (node 1, on 127.0.0.1); 0 turns it off.
+        #[arg(long, default_value_t = riptide_node::dev::DEFAULT_KINESIS_PORT, env = "RIPTIDE_DEV_KINESIS_PORT")]
+        kinesis_port: u16,
     },
     /// Run one node of a cluster.
     ///
@@ -57,6 +60,9 @@ enum Command {
         /// Address other nodes and clients use, when it differs from --listen.
         #[arg(long)]
         advertise: Option<String>,
+        /// Address of the Kinesis-compatible HTTP API, host:port (off unless set).
+        #[arg(long)]
+        kinesis_listen: Option<String>,
         /// Folder for the node's data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -95,10 +101,12 @@ async fn main() -> Result<()> {
         Command::Dev {
             data_dir,
             base_port,
+            kinesis_port,
         } => {
             let opts = DevOptions {
                 data_dir,
                 base_port,
+                kinesis_port,
             };
             println!(
                 "starting a 3-node cluster in {} ...",
@@ -116,6 +124,7 @@ async fn main() -> Result<()> {
             node_id,
             listen,
             advertise,
+            kinesis_listen,
             data_dir,
             region,
             zone,
@@ -126,6 +135,7 @@ async fn main() -> Result<()> {
                 node_id,
                 listen,
                 advertise,
+                kinesis_listen,
                 data_dir,
                 region,
                 zone,
@@ -136,6 +146,9 @@ async fn main() -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
             let node = Node::start(config, Arc::new(SystemClock)).await?;
             println!("node {} listening on http://{}", node.id(), node.addr());
+            if let Some(addr) = node.kinesis_addr() {
+                println!("kinesis api on http://{addr}");
+            }
             until_ctrl_c().await?;
             node.shutdown().await;
         }

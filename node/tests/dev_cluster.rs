@@ -40,6 +40,7 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     let opts = DevOptions {
         data_dir: dir.path().to_path_buf(),
         base_port: free_base_port(),
+        kinesis_port: 0,
     };
     let cluster = DevCluster::start(&opts).await.expect("start");
     // Any node accepts any request: create through node 2, write through node 3.

@@ -524,6 +524,22 @@ impl Core {
         (&rest[..n], rest.len() > n)
     }
 
+    /// The stream's tags in key order after `exclusive_start` (all when `None`), at most
+    /// `limit`; true when more follow.
+    pub fn tags_page<'a>(
+        info: &'a StreamInfo,
+        exclusive_start: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&'a String, &'a String)>, bool) {
+        let rest: Vec<_> = info
+            .tags
+            .iter()
+            .filter(|(k, _)| exclusive_start.is_none_or(|s| k.as_str() > s))
+            .collect();
+        let more = rest.len() > limit;
+        (rest.into_iter().take(limit).collect(), more)
+    }
+
     /// Shard and stream counts against the configured limits.
     pub fn stream_limits(&self) -> Result<StreamLimits, ServiceError> {
         let streams = self.streams()?;

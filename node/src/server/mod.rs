@@ -1,5 +1,6 @@
 //! A Riptide node: the engine, the gRPC server (Raft transport, stream, admin and node-internal
-//! services on one address) and the node's background tasks:
+//! services on one address), the Kinesis HTTP API on its own address when configured
+//! ([`crate::kinesis_api`]) and the node's background tasks:
 //! - registration: the node records its address, region and zone in the controller;
 //! - the reconciler: creates the shard groups the controller placed on this node, forms those
 //!   it is first replica of, reports when their first leader is elected, removes the groups of
@@ -68,6 +69,8 @@ pub struct Node {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The Kinesis HTTP API's address and server, when `kinesis_listen` is set.
+    kinesis: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -113,6 +116,17 @@ impl Node {
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let kinesis_listener = if config.kinesis_listen.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&config.kinesis_listen)
+                    .await
+                    .with_context(|| {
+                        format!("kinesis_listen: cannot bind {}", config.kinesis_listen)
+                    })?,
+            )
+        };
         let (stop, stopped) = watch::channel(false);
         let core = Arc::new(Core::new(
             config,
@@ -144,6 +158,17 @@ impl Node {
                 )
                 .await
         });
+        let kinesis = match kinesis_listener {
+            Some(l) => {
+                let kinesis_addr = l.local_addr()?;
+                let (core, stopped) = (core.clone(), stopped.clone());
+                let server =
+                    tokio::spawn(async move { crate::kinesis_api::serve(l, &core, stopped).await });
+                tracing::info!(node_id = %id, addr = %kinesis_addr, "kinesis api listening");
+                Some((kinesis_addr, server))
+            }
+            None => None,
+        };
         let tasks = vec![
             tokio::spawn(register(core.clone())),
             tokio::spawn(reconcile_loop(core.clone())),
@@ -155,8 +180,14 @@ impl Node {
             addr,
             stop,
             server,
+            kinesis,
             tasks,
         })
+    }
+
+    /// The address the Kinesis HTTP API listens on, when it is on.
+    pub fn kinesis_addr(&self) -> Option<SocketAddr> {
+        self.kinesis.as_ref().map(|(a, _)| *a)
     }
 
     pub fn id(&self) -> u64 {
@@ -191,13 +222,27 @@ impl Node {
             }
         }
         self.core.engine.shutdown().await;
-        // Peers keep their connections open; requests still in flight get a moment to finish.
-        let abort = self.server.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(1), self.server)
+        // Peers and clients keep their connections open; requests still in flight get a moment
+        // to finish.
+        let servers = std::iter::once(self.server.abort_handle()).chain(
+            self.kinesis
+                .as_ref()
+                .map(|(_, server)| server.abort_handle()),
+        );
+        let aborts: Vec<_> = servers.collect();
+        let finished = async {
+            let _ = self.server.await;
+            if let Some((_, server)) = self.kinesis {
+                let _ = server.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(1), finished)
             .await
             .is_err()
         {
-            abort.abort();
+            for abort in aborts {
+                abort.abort();
+            }
         }
         // The node's data may be opened again (by a restart in the same process) only once
         // the last request and group task has let go of it.
