@@ -506,21 +506,26 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
         .unwrap_or(LIST_SHARDS_PAGE)
         .min(LIST_SHARDS_PAGE) as usize;
     let filter = req.opt_obj("ShardFilter")?;
+    let named = match (req.get("StreamName"), req.get("StreamARN")) {
+        (None, None) => None,
+        _ => Some(stream_name(req)?),
+    };
+    let explicit_start = req
+        .opt_str("ExclusiveStartShardId")?
+        .map(|s| s.parse::<ShardId>())
+        .transpose()?;
+    // A token carries the stream and the last shard returned. Paginators (boto3's among them)
+    // send the first page's other members along with it: the stream must then be the same,
+    // and a start position is combined with the token's.
     let (info, mut after) = match req.opt_str("NextToken")? {
         Some(t) => {
-            for other in [
-                "StreamName",
-                "StreamARN",
-                "ExclusiveStartShardId",
-                "ShardFilter",
-            ] {
-                if req.get(other).is_some() {
-                    return Err(invalid(format!(
-                        "NextToken: cannot be combined with {other}"
-                    )));
-                }
-            }
             let parts = token::decode("shards", t, 3)?;
+            if let Some(n) = named.as_ref().filter(|n| **n != parts[0]) {
+                return Err(invalid(format!(
+                    "NextToken: continues a listing of stream {:?}, not of {n:?}",
+                    parts[0]
+                )));
+            }
             let info = ctx.core.stream(&parts[0])?;
             if parts[1] != info.created_ms.to_string() {
                 return Err(ServiceError::not_found(format!(
@@ -528,15 +533,17 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
                     info.name
                 )));
             }
-            (info, Some(parts[2].parse::<ShardId>()?))
+            let from_token = parts[2].parse::<ShardId>()?;
+            (
+                info,
+                Some(explicit_start.map_or(from_token, |e| e.max(from_token))),
+            )
         }
         None => {
-            let info = ctx.core.stream(&stream_name(req)?)?;
-            let after = req
-                .opt_str("ExclusiveStartShardId")?
-                .map(|s| s.parse::<ShardId>())
-                .transpose()?;
-            (info, after)
+            let name = named.ok_or_else(|| {
+                validation("StreamName or StreamARN: one of them is required".into())
+            })?;
+            (ctx.core.stream(&name)?, explicit_start)
         }
     };
     if let Some(ts) = req.opt_timestamp("StreamCreationTimestamp")?

@@ -1,0 +1,1 @@
+aws kinesis create-stream --stream-name my-stream --shard-count 1
