@@ -113,7 +113,7 @@ async fn handle(
         }
     };
     let bytes = match format {
-        Format::Json => serde_json::to_vec(&answer.to_json()).unwrap_or_default(),
+        Format::Json => answer.json_bytes(),
         Format::Cbor => cbor::encode(&answer),
     };
     let mut resp = Response::new(Body::from(bytes));
@@ -185,14 +185,12 @@ fn decode(format: Format, bytes: &[u8]) -> Result<Value, ServiceError> {
         return Ok(Value::Map(Vec::new()));
     }
     match format {
-        Format::Json => serde_json::from_slice::<serde_json::Value>(bytes)
-            .map(Value::from_json)
-            .map_err(|e| {
-                error(
-                    ErrorCode::Serialization,
-                    format!("request body: not valid JSON: {e}"),
-                )
-            }),
+        Format::Json => Value::parse_json(bytes).map_err(|e| {
+            error(
+                ErrorCode::Serialization,
+                format!("request body: not valid JSON: {e}"),
+            )
+        }),
         Format::Cbor => cbor::decode(bytes).map_err(|e| {
             error(
                 ErrorCode::Serialization,

@@ -76,7 +76,19 @@ impl Value {
         }
     }
 
-    /// Converts a parsed JSON document.
+    /// Parses a JSON document straight into a value.
+    pub fn parse_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The JSON text of the value: blobs as base64, timestamps as epoch seconds with
+    /// milliseconds.
+    pub fn json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Converts a parsed JSON document (the tests compare the direct reader with it).
+    #[cfg(test)]
     pub fn from_json(v: serde_json::Value) -> Self {
         match v {
             serde_json::Value::Null => Value::Null,
@@ -98,7 +110,8 @@ impl Value {
         }
     }
 
-    /// The JSON form: blobs as base64, timestamps as epoch seconds with milliseconds.
+    /// The JSON form as a `serde_json` tree (the tests compare the direct writer with it).
+    #[cfg(test)]
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
@@ -127,6 +140,94 @@ impl Value {
                 serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
             }
         }
+    }
+}
+
+/// Writes the JSON form directly, without building a `serde_json::Value` first.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => match i64::try_from(*i) {
+                Ok(i) => s.serialize_i64(i),
+                Err(_) => s.serialize_f64(*i as f64),
+            },
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Float(_) => s.serialize_unit(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Blob(b) => s.serialize_str(&BASE64.encode(b)),
+            Value::Timestamp(ms) if ms % 1000 == 0 => s.serialize_i64(ms / 1000),
+            Value::Timestamp(ms) => s.serialize_f64(*ms as f64 / 1000.0),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for i in items {
+                    seq.serialize_element(i)?;
+                }
+                seq.end()
+            }
+            Value::Map(members) => {
+                let mut map = s.serialize_map(Some(members.len()))?;
+                for (k, v) in members {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// Reads JSON (or any self-describing format) straight into a value.
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Value;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+                Ok(Value::Int(i128::from(i)))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+                Ok(Value::Int(i128::from(u)))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+                Ok(Value::Float(f))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+                Ok(Value::Text(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Value, E> {
+                Ok(Value::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+                let mut items = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1024));
+                while let Some(v) = a.next_element()? {
+                    items.push(v);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+                let mut members = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                    members.push((k, v));
+                }
+                Ok(Value::Map(members))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -418,6 +519,31 @@ mod tests {
         );
         let json = Obj::root(&v, Format::Json).expect("structure");
         assert_eq!(json.opt_timestamp("S").expect("s"), Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn direct_json_reading_and_writing_match_the_serde_json_tree() {
+        let text = br#"{"S":"x","N":-5,"U":18446744073709551615,"F":1.5,"B":false,"Z":null,"L":[1,{"k":"v"}]}"#;
+        let direct = Value::parse_json(text).expect("json");
+        let via_tree = Value::from_json(serde_json::from_slice(text).expect("json"));
+        let sorted = |v: Value| match v {
+            Value::Map(mut m) => {
+                m.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Map(m)
+            }
+            other => other,
+        };
+        assert_eq!(sorted(direct.clone()), sorted(via_tree));
+        let v = Value::map([
+            ("D", Value::Blob(b"hi".to_vec())),
+            ("T", Value::Timestamp(1_700_000_000_500)),
+            ("W", Value::Timestamp(1_700_000_000_000)),
+            ("L", Value::Array(vec![Value::Int(1), Value::Null])),
+        ]);
+        let written: serde_json::Value =
+            serde_json::from_slice(&v.json_bytes()).expect("valid json");
+        assert_eq!(written, v.to_json());
+        assert!(Value::parse_json(b"{\"a\":").is_err());
     }
 
     #[test]
