@@ -40,9 +40,24 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     let opts = DevOptions {
         data_dir: dir.path().to_path_buf(),
         base_port: free_base_port(),
-        kinesis_port: 0,
+        kinesis_port: std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port(),
     };
     let cluster = DevCluster::start(&opts).await.expect("start");
+    // Node 1 serves the Kinesis API on the port asked for, and says so.
+    let kinesis = format!("127.0.0.1:{}", opts.kinesis_port);
+    assert_eq!(
+        cluster.nodes()[0].kinesis_addr().map(|a| a.to_string()),
+        Some(kinesis.clone())
+    );
+    assert!(
+        cluster.nodes()[1..]
+            .iter()
+            .all(|n| n.kinesis_addr().is_none())
+    );
+    assert!(cluster.describe().contains(&format!("http://{kinesis}")));
     // Any node accepts any request: create through node 2, write through node 3.
     let eps = cluster.endpoints();
     let mut c2 = StreamServiceClient::connect(eps[1].clone())

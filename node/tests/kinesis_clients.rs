@@ -233,7 +233,22 @@ async fn article_examples_run_with_only_endpoint_and_credentials_added() {
 async fn cbor_put_record_and_get_records_round_trip() {
     let cluster = cluster(|_| {}).await;
     python(&cluster, "test_cbor.py").await;
+    let addrs: Vec<_> = (0..3)
+        .map(|i| {
+            cluster
+                .node(i)
+                .and_then(|n| n.kinesis_addr())
+                .expect("kinesis api is on")
+        })
+        .collect();
     cluster.shutdown().await;
+    // The Kinesis servers stop with their nodes.
+    for a in addrs {
+        assert!(
+            std::net::TcpStream::connect(a).is_err(),
+            "the kinesis api on {a} still accepts connections after shutdown"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
