@@ -703,6 +703,10 @@ async fn get_shard_iterator(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, Servi
 async fn get_records(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     let it = req.str("ShardIterator")?;
     let limit = req.opt_int("Limit", 1, i64::from(validate::MAX_GET_RECORDS))?;
+    // The iterator names the stream; a StreamARN sent along must at least be one.
+    if let Some(a) = req.opt_str("StreamARN")? {
+        arn_stream("StreamARN", a)?;
+    }
     let resp = ctx
         .core
         .get_records(it, limit.map(to_u32).unwrap_or(0), 0)
