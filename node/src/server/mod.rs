@@ -151,9 +151,7 @@ impl Node {
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(
-                    // The builder's tcp_nodelay applies only to sockets tonic accepts itself:
-                    // without it here every answer waited for the client's delayed ACK.
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
                     async move {
                         let _ = server_stop.wait_for(|s| *s).await;
                     },
