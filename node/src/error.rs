@@ -39,6 +39,7 @@ impl From<RaftError> for ServiceError {
     fn from(e: RaftError) -> Self {
         let code = match &e {
             RaftError::NotLeader { .. }
+            | RaftError::Discarded { .. }
             | RaftError::Timeout { .. }
             | RaftError::Stopped { .. }
             | RaftError::GroupNotFound(_)

@@ -48,6 +48,12 @@ pub enum RaftError {
         leader_hint: Option<NodeId>,
         leader_addr: Option<String>,
     },
+    /// The entry was appended but then discarded (truncated by a new leader, or purged below a
+    /// snapshot): it may or may not have been committed elsewhere.
+    #[error(
+        "group {group}: the entry was discarded after it was appended; it may or may not be committed"
+    )]
+    Discarded { group: GroupId },
     #[error("group {group} already has a membership change in progress")]
     MembershipChangeInProgress { group: GroupId },
     #[error("membership change of group {group} refused: {reason}")]

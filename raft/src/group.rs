@@ -111,7 +111,9 @@ impl Group {
     }
 
     /// Proposes `data` and waits until it is committed (durable on a majority) and applied on
-    /// this node. Fails with [`RaftError::NotLeader`] on a replica that is not the leader.
+    /// this node. Fails with [`RaftError::NotLeader`] when the entry was refused before it was
+    /// appended (safe to send again), and with [`RaftError::Discarded`] when it was appended and
+    /// then dropped (its fate is unknown).
     pub async fn write(&self, data: Bytes) -> Result<WriteOutcome, RaftError> {
         match self.raft.client_write(AppData(data)).await {
             Ok(resp) => Ok(WriteOutcome {
@@ -128,13 +130,17 @@ impl Group {
         e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
     ) -> RaftError {
         match e {
-            openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f))
-            | openraft::errors::RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            // Refused before anything was appended (not the leader, a leadership transfer, or a
+            // new leader whose lease is not established yet): safe to send again.
+            openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                 RaftError::NotLeader {
                     group: self.id,
                     leader_hint: f.leader_id.map(NodeId),
                     leader_addr: f.leader_node.map(|n| n.addr),
                 }
+            }
+            openraft::errors::RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+                RaftError::Discarded { group: self.id }
             }
             openraft::errors::RaftError::APIError(other) => RaftError::MembershipChange {
                 group: self.id,

@@ -191,13 +191,20 @@ impl Core {
             let group = self.controller()?;
             let status = group.status();
             if status.role == Role::Leader {
-                let out = group.write(cmd.encode()).await.map_err(|e| match e {
-                    RaftError::NotLeader { .. } => ServiceError::unavailable(
-                        "the controller's leadership changed during the request; it may or may not have taken effect",
-                    ),
-                    other => other.into(),
-                })?;
-                return reply(&out.response);
+                match group.write(cmd.encode()).await {
+                    Ok(out) => return reply(&out.response),
+                    // Refused before it was appended: look for the leader again.
+                    Err(RaftError::NotLeader { .. }) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(RaftError::Discarded { .. }) => {
+                        return Err(ServiceError::unavailable(
+                            "the controller's leadership changed during the request; it may or may not have taken effect",
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             let mut targets: Vec<String> = status
                 .leader
@@ -812,70 +819,95 @@ impl Core {
         records: Vec<RoutedRecord>,
         hops: u32,
     ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, ServiceError> {
-        match self.route(shard, hops).await? {
-            Route::Local(group) => {
+        // A write refused before it was appended (a leader whose lease is not established
+        // yet, or one that just stepped down) is routed and sent again, for a little while.
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut charged = false;
+        loop {
+            let group = match self.route(shard, hops).await? {
+                Route::Local(group) => group,
+                Route::Remote(addrs) => {
+                    return self.put_remote(stream, &records, &addrs, hops).await;
+                }
+            };
+            if !charged {
                 self.take_quota(shard, &records)?;
-                let n = records.len();
-                let cmd = ShardCommand::Put {
-                    arrival_ms: self.clock.now_ms(),
-                    records: records
-                        .into_iter()
-                        .map(|r| NewRecord {
-                            partition_key: r.partition_key,
-                            data: r.data,
-                        })
-                        .collect(),
-                };
-                let out = group.write(cmd.encode()).await.map_err(|e| match e {
-                    RaftError::NotLeader { .. } => ServiceError::unavailable(format!(
+                charged = true;
+            }
+            let cmd = ShardCommand::Put {
+                arrival_ms: self.clock.now_ms(),
+                records: records
+                    .iter()
+                    .map(|r| NewRecord {
+                        partition_key: r.partition_key.clone(),
+                        data: r.data.clone(),
+                    })
+                    .collect(),
+            };
+            match group.write(cmd.encode()).await {
+                Ok(out) => {
+                    return Ok((0..records.len() as u32)
+                        .map(|pos| Ok(SequenceNumber::from_entry(out.index, pos)))
+                        .collect());
+                }
+                Err(RaftError::NotLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RaftError::Discarded { .. }) => {
+                    return Err(ServiceError::unavailable(format!(
                         "shard {}: leadership changed during the write; the records may or may not have been stored",
                         ShardId(shard.index)
-                    )),
-                    other => other.into(),
-                })?;
-                Ok((0..n as u32)
-                    .map(|pos| Ok(SequenceNumber::from_entry(out.index, pos)))
-                    .collect())
-            }
-            Route::Remote(addrs) => {
-                let req = v1::PutRecordsRequest {
-                    stream_name: stream.to_string(),
-                    records: records
-                        .iter()
-                        .map(|r| v1::PutRecordsEntry {
-                            data: r.data.to_vec(),
-                            partition_key: r.partition_key.clone(),
-                            explicit_hash_key: Some(r.hash_key.to_string()),
-                        })
-                        .collect(),
-                };
-                let resp = self
-                    .forward(&addrs, |addr| {
-                        let req = req.clone();
-                        async move {
-                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
-                            c.put_records(forwarded(req, hops + 1)).await
-                        }
-                    })
-                    .await?
-                    .into_inner();
-                Ok(resp
-                    .records
-                    .into_iter()
-                    .map(|r| {
-                        if r.error_code.is_empty() {
-                            SequenceNumber::parse(&r.sequence_number, "sequence_number")
-                                .map_err(ServiceError::from)
-                        } else {
-                            Err(ServiceError::new(
-                                r.error_code.parse().unwrap_or(ErrorCode::Internal),
-                                r.error_message,
-                            ))
-                        }
-                    })
-                    .collect())
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Forwards one shard's records to the node that leads it (or may know who does).
+    async fn put_remote(
+        &self,
+        stream: &str,
+        records: &[RoutedRecord],
+        addrs: &[String],
+        hops: u32,
+    ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, ServiceError> {
+        let req = v1::PutRecordsRequest {
+            stream_name: stream.to_string(),
+            records: records
+                .iter()
+                .map(|r| v1::PutRecordsEntry {
+                    data: r.data.to_vec(),
+                    partition_key: r.partition_key.clone(),
+                    explicit_hash_key: Some(r.hash_key.to_string()),
+                })
+                .collect(),
+        };
+        let resp = self
+            .forward(addrs, |addr| {
+                let req = req.clone();
+                async move {
+                    let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                    c.put_records(forwarded(req, hops + 1)).await
+                }
+            })
+            .await?
+            .into_inner();
+        Ok(resp
+            .records
+            .into_iter()
+            .map(|r| {
+                if r.error_code.is_empty() {
+                    SequenceNumber::parse(&r.sequence_number, "sequence_number")
+                        .map_err(ServiceError::from)
+                } else {
+                    Err(ServiceError::new(
+                        r.error_code.parse().unwrap_or(ErrorCode::Internal),
+                        r.error_message,
+                    ))
+                }
+            })
+            .collect())
     }
 
     /// Charges a write against the shard's quota, when one is configured.
