@@ -151,7 +151,9 @@ impl Node {
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // The builder's tcp_nodelay applies only to sockets tonic accepts itself:
+                    // without it here every answer waited for the client's delayed ACK.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async move {
                         let _ = server_stop.wait_for(|s| *s).await;
                     },
