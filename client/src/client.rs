@@ -55,6 +55,14 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Largest response the client decodes (default 64 MiB).
     pub max_message_bytes: usize,
+    /// While calls are in flight on a connection, the client pings the node this often
+    /// (HTTP/2 PING, default 1 s)...
+    pub keepalive_interval: Duration,
+    /// ...and a node that does not answer a ping within this time (default 3 s) counts as
+    /// gone: its connection closes, the calls in flight on it fail as Unavailable and are
+    /// retried on other nodes. This is how a client notices a node that froze or was cut off
+    /// long before `request_timeout`.
+    pub keepalive_timeout: Duration,
     /// Whether to learn the cluster's members at connect time and send each shard's calls
     /// straight to its leader (default true). Without it every call goes to the configured
     /// endpoints, which forward.
@@ -72,6 +80,8 @@ impl Default for ClientConfig {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_message_bytes: 64 * 1024 * 1024,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(3),
             discover_nodes: true,
         }
     }
@@ -199,6 +209,8 @@ impl Client {
             &config.endpoints,
             ChannelSettings {
                 connect_timeout: config.connect_timeout,
+                keepalive_interval: config.keepalive_interval,
+                keepalive_timeout: config.keepalive_timeout,
             },
         )?;
         let client = Client {

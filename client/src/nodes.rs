@@ -34,6 +34,8 @@ struct Health {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelSettings {
     pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 /// One node the client can send to.
@@ -87,8 +89,8 @@ fn open_channel(
         .map_err(|e| ClientError::invalid(format!("endpoint {endpoint:?} is not a URI: {e}")))?
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
         .initial_stream_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(32 * 1024 * 1024)
         .connect_lazy();
@@ -266,6 +268,8 @@ mod tests {
     fn settings() -> ChannelSettings {
         ChannelSettings {
             connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
         }
     }
 

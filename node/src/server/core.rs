@@ -696,12 +696,29 @@ impl Core {
     }
 
     /// Tries `call` on each address in turn, moving on only when a node cannot be reached.
-    async fn forward<T, F, Fut>(&self, addrs: &[String], mut call: F) -> Result<T, ServiceError>
+    async fn forward<T, F, Fut>(&self, addrs: &[String], call: F) -> Result<T, ServiceError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.forward_or_refused(addrs, call)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Core::forward`], also saying, on failure, whether every node tried refused the
+    /// connection: then the request certainly reached none of them.
+    async fn forward_or_refused<T, F, Fut>(
+        &self,
+        addrs: &[String],
+        mut call: F,
+    ) -> Result<T, (ServiceError, bool)>
     where
         F: FnMut(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut last = ServiceError::unavailable("no replica to forward to");
+        let mut all_refused = true;
         for addr in addrs {
             match call(addr.clone()).await {
                 Ok(v) => {
@@ -709,16 +726,17 @@ impl Core {
                     return Ok(v);
                 }
                 Err(s) => {
+                    all_refused &= super::peers::connection_refused(&s);
                     let e = ServiceError::from(s);
                     // A node that answered with anything else than "unreachable" has decided.
                     if e.code != ErrorCode::Unavailable {
-                        return Err(e);
+                        return Err((e, false));
                     }
                     last = e;
                 }
             }
         }
-        Err(last)
+        Err((last, all_refused && !addrs.is_empty()))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -827,7 +845,16 @@ impl Core {
             let group = match self.route(shard, hops).await? {
                 Route::Local(group) => group,
                 Route::Remote(addrs) => {
-                    return self.put_remote(stream, &records, &addrs, hops).await;
+                    match self.put_remote(stream, &records, &addrs, hops).await {
+                        // The leader this node knows is gone (its connection is refused, so
+                        // the records never reached it): wait for the next leader instead of
+                        // failing, as for a local NotLeader.
+                        Err((_, true)) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        other => return other.map_err(|(e, _)| e),
+                    }
                 }
             };
             if !charged {
@@ -871,7 +898,7 @@ impl Core {
         records: &[RoutedRecord],
         addrs: &[String],
         hops: u32,
-    ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, ServiceError> {
+    ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, (ServiceError, bool)> {
         let req = v1::PutRecordsRequest {
             stream_name: stream.to_string(),
             records: records
@@ -884,7 +911,7 @@ impl Core {
                 .collect(),
         };
         let resp = self
-            .forward(addrs, |addr| {
+            .forward_or_refused(addrs, |addr| {
                 let req = req.clone();
                 async move {
                     let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
