@@ -185,20 +185,19 @@ impl Net {
         if !self.cuts.insert((from, to)) {
             return Ok(());
         }
+        self.blackhole("add", from, to)
+    }
+
+    /// Adds or deletes (`op`) the blackhole route to `to` in `from`'s namespace.
+    fn blackhole(&self, op: &str, from: usize, to: usize) -> Result<(), NetError> {
         let dest = format!("{}/32", self.addr(to));
-        if from == HARNESS {
-            ip(&["route", "add", "blackhole", &dest])?;
-        } else {
-            ip(&[
-                "-n",
-                &self.namespace(from),
-                "route",
-                "add",
-                "blackhole",
-                &dest,
-            ])?;
+        let ns = self.namespace(from);
+        let mut args = Vec::new();
+        if from != HARNESS {
+            args.extend(["-n", ns.as_str()]);
         }
-        Ok(())
+        args.extend(["route", op, "blackhole", dest.as_str()]);
+        ip(&args).map(|_| ())
     }
 
     /// Cuts `node` off from every other host, the harness included, both ways.
@@ -214,19 +213,7 @@ impl Net {
     pub fn heal(&mut self) -> Result<(), NetError> {
         let cuts = std::mem::take(&mut self.cuts);
         for (from, to) in cuts {
-            let dest = format!("{}/32", self.addr(to));
-            if from == HARNESS {
-                ip(&["route", "del", "blackhole", &dest])?;
-            } else {
-                ip(&[
-                    "-n",
-                    &self.namespace(from),
-                    "route",
-                    "del",
-                    "blackhole",
-                    &dest,
-                ])?;
-            }
+            self.blackhole("del", from, to)?;
         }
         Ok(())
     }

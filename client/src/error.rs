@@ -108,19 +108,7 @@ pub(crate) fn came_from_node(status: &tonic::Status) -> bool {
 /// Whether the request behind `status` certainly never reached a node, so that even a
 /// request that must not be applied twice can be sent again: the connection was refused.
 pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    if came_from_node(status) || status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    !came_from_node(status) && riptide_proto::connection_refused(status)
 }
 
 #[cfg(test)]

@@ -167,6 +167,25 @@ impl FromStr for ErrorCode {
     }
 }
 
+/// Whether a call failed because the peer refused the TCP connection: the request certainly
+/// never reached it (a process that was killed or has not started), so even a request that
+/// must not be applied twice may be sent again.
+pub fn connection_refused(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// The [`ErrorCode`] of a status from a Riptide node: the code it carries, or the nearest one
 /// for a status that did not come from a node (a transport failure, a timeout).
 pub fn status_code(status: &tonic::Status) -> ErrorCode {

@@ -15,6 +15,6 @@ pub mod v1 {
     tonic::include_proto!("riptide.v1");
 }
 
-pub use error::{ErrorCode, status_code};
+pub use error::{ErrorCode, connection_refused, status_code};
 pub use ids::{IdError, SequenceNumber, ShardId, StreamName};
 pub use routing::{HashKeyRange, hash_key_of, parse_hash_key, shard_for, split_hash_space};

@@ -726,7 +726,7 @@ impl Core {
                     return Ok(v);
                 }
                 Err(s) => {
-                    all_refused &= super::peers::connection_refused(&s);
+                    all_refused &= riptide_proto::connection_refused(&s);
                     let e = ServiceError::from(s);
                     // A node that answered with anything else than "unreachable" has decided.
                     if e.code != ErrorCode::Unavailable {

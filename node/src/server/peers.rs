@@ -80,21 +80,3 @@ pub fn hops_of<T>(req: &tonic::Request<T>) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
-
-/// Whether a call to a peer failed because the peer refused the connection: the request
-/// certainly never reached it (a node that was killed, or is not started yet).
-pub fn connection_refused(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
