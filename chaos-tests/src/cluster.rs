@@ -11,8 +11,11 @@ use riptide_client::{Client, ClientConfig, ShardId};
 
 use crate::net::{Net, NetError};
 
-/// The port every node listens on, inside its own namespace.
+/// The port every node is reached on, inside its own namespace.
 const PORT: u16 = 7101;
+/// Where a node listens, on 127.0.0.1 inside its namespace, when a delaying proxy takes
+/// [`PORT`] in front of it.
+const BEHIND_PROXY: &str = "127.0.0.1:7102";
 
 /// A failure of the harness itself (not of the system under test).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub struct Topology {
     /// Nodes in each region; node ids go round the regions (1 in r1, 2 in r2, ...), so the
     /// controller's voters (the first three ids) are in distinct regions.
     pub nodes_per_region: usize,
+    /// Round trip added between nodes of different regions, in milliseconds (0: none). Needs
+    /// the delaying proxy ([`crate::proxy`]) in front of every node.
+    pub region_rtt_ms: u64,
 }
 
 impl Topology {
@@ -84,6 +90,8 @@ impl Topology {
 #[derive(Debug)]
 struct NodeProcess {
     child: Option<Child>,
+    /// The delaying proxy in front of the node, with `region_rtt_ms`.
+    proxy: Option<Child>,
     paused: bool,
 }
 
@@ -93,22 +101,36 @@ pub struct Cluster {
     net: Net,
     topology: Topology,
     bin: PathBuf,
+    proxy_bin: Option<PathBuf>,
     data: PathBuf,
     nodes: Vec<NodeProcess>,
 }
 
 impl Cluster {
     /// Builds the network and starts every node with the binary `bin`, keeping data and logs
-    /// under `data`.
-    pub fn start(topology: Topology, bin: &Path, data: &Path) -> Result<Cluster, ClusterError> {
+    /// under `data`. With `topology.region_rtt_ms`, `proxy_bin` (a `riptide-chaos` binary) runs
+    /// the delaying proxy in front of each node.
+    pub fn start(
+        topology: Topology,
+        bin: &Path,
+        proxy_bin: Option<&Path>,
+        data: &Path,
+    ) -> Result<Cluster, ClusterError> {
+        if topology.region_rtt_ms > 0 && proxy_bin.is_none() {
+            return Err(ClusterError::Timeout(
+                "latency between regions needs the riptide-chaos binary for its proxy".into(),
+            ));
+        }
         let net = Net::create(topology.nodes())?;
         let mut cluster = Cluster {
             net,
             bin: bin.to_path_buf(),
+            proxy_bin: proxy_bin.map(Path::to_path_buf),
             data: data.to_path_buf(),
             nodes: (0..topology.nodes())
                 .map(|_| NodeProcess {
                     child: None,
+                    proxy: None,
                     paused: false,
                 })
                 .collect(),
@@ -165,12 +187,22 @@ impl Cluster {
             what: "opening its log",
             source,
         })?;
+        let proxied = self.topology.region_rtt_ms > 0;
+        if proxied {
+            self.spawn_proxy(id, &log)?;
+        }
+        let listen = if proxied {
+            BEHIND_PROXY.to_string()
+        } else {
+            self.address(id)
+        };
         // `ip netns exec` execs the node in place: the child's pid is the node's.
         let child = Command::new("ip")
             .args(["netns", "exec", &self.net.namespace(id as usize)])
             .arg(&self.bin)
             .args(["node", "--node-id", &id.to_string()])
-            .args(["--listen", &self.address(id)])
+            .args(["--listen", &listen])
+            .args(["--advertise", &self.address(id)])
             .arg("--data-dir")
             .arg(self.data.join(format!("node-{id}")))
             .args(["--region", &self.topology.region_of(id)])
@@ -192,6 +224,42 @@ impl Cluster {
         let slot = &mut self.nodes[id as usize - 1];
         slot.child = Some(child);
         slot.paused = false;
+        Ok(())
+    }
+
+    /// Starts the delaying proxy in front of node `id`: half the round trip each way for
+    /// connections from nodes of other regions.
+    fn spawn_proxy(&mut self, id: u64, log: &std::fs::File) -> Result<(), ClusterError> {
+        let Some(proxy_bin) = self.proxy_bin.clone() else {
+            return Ok(());
+        };
+        let half = self.topology.region_rtt_ms / 2;
+        let region = self.topology.region_of(id);
+        let delays: Vec<String> = self
+            .ids()
+            .into_iter()
+            .filter(|&other| self.topology.region_of(other) != region)
+            .map(|other| format!("{}={half}", self.net.addr(other as usize)))
+            .collect();
+        let io = |source| ClusterError::Process {
+            node: id,
+            what: "starting its proxy",
+            source,
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.net.namespace(id as usize)])
+            .arg(proxy_bin)
+            .args(["proxy", "--listen", &self.address(id), "--to", BEHIND_PROXY]);
+        for d in &delays {
+            cmd.args(["--delay", d]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(io)?))
+            .stderr(Stdio::from(log.try_clone().map_err(io)?))
+            .spawn()
+            .map_err(io)?;
+        self.nodes[id as usize - 1].proxy = Some(child);
         Ok(())
     }
 
@@ -222,10 +290,11 @@ impl Cluster {
         self.nodes[id as usize - 1].child.is_some()
     }
 
-    /// kill -9: the node stops at once, without flushing anything.
+    /// kill -9: the node (and its proxy, as the machine it runs on) stops at once, without
+    /// flushing anything.
     pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
         let slot = &mut self.nodes[id as usize - 1];
-        if let Some(mut child) = slot.child.take() {
+        for mut child in [slot.child.take(), slot.proxy.take()].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -241,6 +310,10 @@ impl Cluster {
         self.signal(id, "-TERM")?;
         let started = Instant::now();
         let slot = &mut self.nodes[id as usize - 1];
+        if let Some(mut proxy) = slot.proxy.take() {
+            let _ = proxy.kill();
+            let _ = proxy.wait();
+        }
         let Some(mut child) = slot.child.take() else {
             return Ok(true);
         };

@@ -93,6 +93,9 @@ impl Scenario {
 pub struct DrillOptions {
     /// The `riptide` binary the nodes run.
     pub bin: PathBuf,
+    /// A `riptide-chaos` binary, for the delaying proxy when the topology has latency between
+    /// regions.
+    pub proxy_bin: Option<PathBuf>,
     /// Where each scenario keeps its nodes' data, logs, history and report.
     pub out: PathBuf,
     /// Shape of the cluster.
@@ -163,12 +166,18 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
         &recorder,
         scenario,
         format!(
-            "starting {} nodes in {} regions",
+            "starting {} nodes in {} regions ({} ms round trip between regions)",
             opts.topology.nodes(),
-            opts.topology.regions
+            opts.topology.regions,
+            opts.topology.region_rtt_ms
         ),
     );
-    let mut cluster = Cluster::start(opts.topology.clone(), &opts.bin, &dir)?;
+    let mut cluster = Cluster::start(
+        opts.topology.clone(),
+        &opts.bin,
+        opts.proxy_bin.as_deref(),
+        &dir,
+    )?;
     cluster.wait_listening(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
     let shards = create_stream(&client, opts.shards).await?;

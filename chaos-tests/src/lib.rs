@@ -16,4 +16,5 @@ pub mod cluster;
 pub mod drills;
 pub mod history;
 pub mod net;
+pub mod proxy;
 pub mod workload;

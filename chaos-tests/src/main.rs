@@ -41,6 +41,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The delaying TCP proxy that a drill with --region-rtt-ms runs in front of each node.
+    #[command(hide = true)]
+    Proxy {
+        /// Address to accept on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Address to relay to.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// IP=MILLISECONDS: delay each direction of connections from IP; repeatable.
+        #[arg(long = "delay")]
+        delays: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +70,11 @@ struct DrillArgs {
     /// Nodes in each region.
     #[arg(long, default_value_t = 1)]
     nodes_per_region: usize,
+    /// Round trip added between nodes of different regions, in milliseconds, by a delaying
+    /// proxy in front of each node (0: none). The single data centre defaults are meant for
+    /// round trips of a few milliseconds.
+    #[arg(long, default_value_t = 0)]
+    region_rtt_ms: u64,
     /// Shards of the drill stream.
     #[arg(long, default_value_t = 3)]
     shards: u32,
@@ -114,6 +132,9 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
         };
         scenarios.push(s);
     }
+    if args.region_rtt_ms > 10_000 {
+        bail!("--region-rtt-ms {}: at most 10000", args.region_rtt_ms);
+    }
     let (mut kills, mut hold, mut settle) = (args.kills, args.hold_secs, args.settle_secs);
     if args.smoke {
         if scenarios.is_empty() {
@@ -153,10 +174,12 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
         .with_context(|| format!("--out {}", args.out.display()))?;
     let opts = DrillOptions {
         bin: riptide_bin(args.riptide_bin.clone())?,
+        proxy_bin: Some(std::env::current_exe().context("locating this program")?),
         out,
         topology: Topology {
             regions: args.regions,
             nodes_per_region: args.nodes_per_region,
+            region_rtt_ms: args.region_rtt_ms,
         },
         shards: args.shards,
         workload: WorkloadConfig {
@@ -201,10 +224,26 @@ fn check_file(history: &Path, json: bool) -> Result<bool> {
     Ok(report.ok())
 }
 
+fn proxy(
+    listen: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    delays: &[String],
+) -> Result<bool> {
+    let delays = riptide_chaos::proxy::parse_delays(delays).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(riptide_chaos::proxy::run(listen, to, delays))
+        .with_context(|| format!("proxy on {listen}"))?;
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check { history, json } => check_file(&history, json),
+        Command::Proxy { listen, to, delays } => proxy(listen, to, &delays),
         Command::Drill(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -39,10 +39,12 @@ async fn smoke_drill_loses_nothing() {
     let out = tempfile::tempdir().expect("temporary folder");
     let opts = DrillOptions {
         bin,
+        proxy_bin: None,
         out: out.path().to_path_buf(),
         topology: Topology {
             regions: 3,
             nodes_per_region: 1,
+            region_rtt_ms: 0,
         },
         shards: 3,
         workload: WorkloadConfig {
