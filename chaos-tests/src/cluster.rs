@@ -57,6 +57,8 @@ pub struct Topology {
     /// Round trip added between nodes of different regions, in milliseconds (0: none). Needs
     /// the delaying proxy ([`crate::proxy`]) in front of every node.
     pub region_rtt_ms: u64,
+    /// The nodes' `[timing] profile` ("data-centre" or "cross-region").
+    pub timing_profile: String,
 }
 
 impl Topology {
@@ -187,6 +189,16 @@ impl Cluster {
             what: "opening its log",
             source,
         })?;
+        let config = self.data.join("node.toml");
+        std::fs::write(
+            &config,
+            format!("[timing]\nprofile = {:?}\n", self.topology.timing_profile),
+        )
+        .map_err(|source| ClusterError::Process {
+            node: id,
+            what: "writing its configuration",
+            source,
+        })?;
         let proxied = self.topology.region_rtt_ms > 0;
         if proxied {
             self.spawn_proxy(id, &log)?;
@@ -201,6 +213,8 @@ impl Cluster {
             .args(["netns", "exec", &self.net.namespace(id as usize)])
             .arg(&self.bin)
             .args(["node", "--node-id", &id.to_string()])
+            .arg("--config")
+            .arg(&config)
             .args(["--listen", &listen])
             .args(["--advertise", &self.address(id)])
             .arg("--data-dir")

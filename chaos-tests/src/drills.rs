@@ -180,7 +180,7 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
     )?;
     cluster.wait_listening(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
-    let shards = create_stream(&client, opts.shards).await?;
+    let shards = create_stream(&client, opts.shards, opts.topology.nodes()).await?;
     say(
         &recorder,
         scenario,
@@ -252,13 +252,30 @@ fn write_history(path: &Path, events: &[Event]) -> Result<(), DrillError> {
         .map_err(|e| DrillError::Check(format!("{}: {e}", path.display())))
 }
 
-async fn create_stream(client: &Client, shards: u32) -> Result<Vec<ShardId>, ClusterError> {
+async fn create_stream(
+    client: &Client,
+    shards: u32,
+    nodes: usize,
+) -> Result<Vec<ShardId>, ClusterError> {
     let call = |what: &str| {
         let what = what.to_string();
         move |source| ClusterError::Client { what, source }
     };
-    // A new cluster refuses streams until its nodes have registered with the controller.
+    // Placement uses the nodes registered with the controller: wait for all of them, so that
+    // every shard gets a replica in every region.
     let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let registered = client.cluster_status().await.map(|s| s.nodes.len());
+        if registered.as_ref().is_ok_and(|&n| n >= nodes) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout(format!(
+                "only {registered:?} of {nodes} nodes registered with the controller after 60 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     loop {
         match client.create_stream(STREAM, shards, None).await {
             Ok(_) => break,

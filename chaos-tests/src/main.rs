@@ -75,6 +75,10 @@ struct DrillArgs {
     /// round trips of a few milliseconds.
     #[arg(long, default_value_t = 0)]
     region_rtt_ms: u64,
+    /// The nodes' Raft timeout profile: data-centre, or cross-region for round trips of 50 to
+    /// 150 ms (see deploy/config-template.toml, [timing]).
+    #[arg(long, default_value = "data-centre", value_parser = ["data-centre", "cross-region"])]
+    timing_profile: String,
     /// Shards of the drill stream.
     #[arg(long, default_value_t = 3)]
     shards: u32,
@@ -180,6 +184,7 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
             regions: args.regions,
             nodes_per_region: args.nodes_per_region,
             region_rtt_ms: args.region_rtt_ms,
+            timing_profile: args.timing_profile.clone(),
         },
         shards: args.shards,
         workload: WorkloadConfig {

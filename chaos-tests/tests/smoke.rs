@@ -45,6 +45,7 @@ async fn smoke_drill_loses_nothing() {
             regions: 3,
             nodes_per_region: 1,
             region_rtt_ms: 0,
+            timing_profile: "data-centre".into(),
         },
         shards: 3,
         workload: WorkloadConfig {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use riptide_raft::GroupSettings;
 use serde::{Deserialize, Serialize};
 
 /// A configuration mistake, naming its key.
@@ -52,6 +53,88 @@ impl Default for Limits {
     }
 }
 
+/// Which timeout defaults the Raft groups start from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimingProfile {
+    /// Nodes a few milliseconds apart: shards heartbeat every 100 ms and elect after 0.5 to
+    /// 1 s of silence; the controller every 50 ms, after 0.3 to 0.6 s.
+    #[default]
+    DataCentre,
+    /// Regions 50 to 150 ms apart: every group heartbeats every 250 ms and elects after 2 to
+    /// 4 s of silence, so that a slow round trip is not taken for a dead leader.
+    CrossRegion,
+}
+
+/// Raft timeouts, for the controller group and for data shards apart. A value of 0 keeps the
+/// profile's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    pub profile: TimingProfile,
+    pub controller_heartbeat_interval_ms: u64,
+    pub controller_election_timeout_min_ms: u64,
+    pub controller_election_timeout_max_ms: u64,
+    pub shard_heartbeat_interval_ms: u64,
+    pub shard_election_timeout_min_ms: u64,
+    pub shard_election_timeout_max_ms: u64,
+}
+
+impl Timing {
+    fn apply(base: GroupSettings, heartbeat: u64, min: u64, max: u64) -> GroupSettings {
+        let pick = |v: u64, default: u64| if v == 0 { default } else { v };
+        GroupSettings {
+            heartbeat_interval_ms: pick(heartbeat, base.heartbeat_interval_ms),
+            election_timeout_min_ms: pick(min, base.election_timeout_min_ms),
+            election_timeout_max_ms: pick(max, base.election_timeout_max_ms),
+            ..base
+        }
+    }
+
+    /// Settings of the controller group.
+    pub fn controller(&self) -> GroupSettings {
+        let base = match self.profile {
+            TimingProfile::DataCentre => GroupSettings::controller(),
+            TimingProfile::CrossRegion => GroupSettings {
+                snapshot_after_entries: GroupSettings::controller().snapshot_after_entries,
+                ..GroupSettings::cross_region()
+            },
+        };
+        Self::apply(
+            base,
+            self.controller_heartbeat_interval_ms,
+            self.controller_election_timeout_min_ms,
+            self.controller_election_timeout_max_ms,
+        )
+    }
+
+    /// Settings of every data shard's group.
+    pub fn shard(&self) -> GroupSettings {
+        let base = match self.profile {
+            TimingProfile::DataCentre => GroupSettings::data_shard(),
+            TimingProfile::CrossRegion => GroupSettings::cross_region(),
+        };
+        Self::apply(
+            base,
+            self.shard_heartbeat_interval_ms,
+            self.shard_election_timeout_min_ms,
+            self.shard_election_timeout_max_ms,
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (prefix, settings) in [("controller", self.controller()), ("shard", self.shard())] {
+            settings.validate().map_err(|e| match e {
+                riptide_raft::RaftError::InvalidSettings { key, reason } => {
+                    ConfigError::new(&format!("timing.{prefix}_{key}"), reason)
+                }
+                other => ConfigError::new("timing", other.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -76,6 +159,7 @@ pub struct NodeConfig {
     /// How often shard leaders remove records older than their stream's retention.
     pub retention_check_interval_ms: u64,
     pub limits: Limits,
+    pub timing: Timing,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +176,7 @@ impl Default for NodeConfig {
             join: String::new(),
             retention_check_interval_ms: 60_000,
             limits: Limits::default(),
+            timing: Timing::default(),
         }
     }
 }
@@ -301,6 +386,7 @@ impl NodeConfig {
                 "must be at least 1",
             ));
         }
+        self.timing.validate()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_streams", l.max_streams),
@@ -415,26 +501,73 @@ mod template_tests {
         let text = include_str!("../../deploy/config-template.toml");
         let parsed = NodeConfig::from_toml(text).expect("template parses");
         assert_eq!(parsed, NodeConfig::default());
-        let keys = [
-            "node_id",
-            "listen",
-            "advertise",
-            "kinesis_listen",
-            "data_dir",
-            "region",
-            "zone",
-            "initial_cluster",
-            "join",
-            "retention_check_interval_ms",
-            "[limits]",
-            "max_streams",
-            "max_shards",
-            "max_shards_per_stream",
-            "shard_write_records_per_sec",
-            "shard_write_bytes_per_sec",
-        ];
+        // Every key of the configuration, found by serialising the defaults, so that a key
+        // added to NodeConfig without the template fails here.
+        let defaults = toml::Value::try_from(NodeConfig::default()).expect("defaults serialise");
+        let mut keys = Vec::new();
+        let Some(top) = defaults.as_table() else {
+            panic!("the configuration is a table");
+        };
+        for (key, value) in top {
+            match value.as_table() {
+                Some(table) => {
+                    keys.push(format!("[{key}]"));
+                    keys.extend(table.keys().cloned());
+                }
+                None => keys.push(key.clone()),
+            }
+        }
+        assert!(keys.len() > 20, "found only {keys:?}");
         for k in keys {
             assert!(text.contains(&format!("\n{k}")), "template lacks {k}");
         }
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+
+    #[test]
+    fn profiles_give_their_timeouts_and_overrides_win() {
+        let dc = NodeConfig::from_toml("").expect("empty config").timing;
+        assert_eq!(dc.shard(), GroupSettings::data_shard());
+        assert_eq!(dc.controller(), GroupSettings::controller());
+        let cross = NodeConfig::from_toml(
+            "[timing]\nprofile = \"cross-region\"\nshard_election_timeout_max_ms = 5000\n",
+        )
+        .expect("cross-region config")
+        .timing;
+        let shard = cross.shard();
+        assert_eq!(
+            (
+                shard.heartbeat_interval_ms,
+                shard.election_timeout_min_ms,
+                shard.election_timeout_max_ms
+            ),
+            (250, 2000, 5000)
+        );
+        assert_eq!(cross.controller().election_timeout_min_ms, 2000);
+    }
+
+    #[test]
+    fn bad_timeouts_name_their_key() {
+        let mut c = NodeConfig {
+            node_id: 1,
+            initial_cluster: vec!["1=127.0.0.1:7101".into()],
+            ..NodeConfig::default()
+        };
+        c.validate().expect("defaults are valid");
+        c.timing.shard_election_timeout_min_ms = 150;
+        let e = c
+            .validate()
+            .expect_err("150 ms is not more than twice 100 ms");
+        assert_eq!(e.key, "timing.shard_election_timeout_min_ms");
+        c.timing.shard_election_timeout_min_ms = 0;
+        c.timing.controller_election_timeout_max_ms = 100;
+        let e = c.validate().expect_err("max below min");
+        assert_eq!(e.key, "timing.controller_election_timeout_max_ms");
+        let e = NodeConfig::from_toml("[timing]\nprofile = \"moon\"\n").expect_err("unknown");
+        assert!(e.to_string().contains("profile"), "{e}");
     }
 }

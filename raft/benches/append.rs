@@ -65,7 +65,7 @@ fn fsync_probe(dir: &std::path::Path, duration: Duration) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < duration {
-        if (n as usize * block.len()) % FILE_BYTES == 0 {
+        if (n as usize * block.len()).is_multiple_of(FILE_BYTES) {
             f.seek(std::io::SeekFrom::Start(0)).expect("probe seek");
         }
         f.write_all(&block).expect("probe write");

@@ -31,6 +31,11 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub transport: TransportSettings,
     pub group_commit: GroupCommit,
+    /// Settings by group kind (the `kind` given to [`RaftEngine::create_group`]). When a
+    /// group's kind is here, these settings replace the ones stored with the group each time
+    /// it starts, so that a node's configured timeouts reach groups created before they were
+    /// changed.
+    pub settings_by_kind: HashMap<Vec<u8>, GroupSettings>,
 }
 
 impl EngineConfig {
@@ -40,6 +45,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             transport: TransportSettings::default(),
             group_commit: GroupCommit::On,
+            settings_by_kind: HashMap::new(),
         }
     }
 }
@@ -144,7 +150,12 @@ impl RaftEngine {
 
     async fn start(&self, group: GroupId, reg: &Registration) -> Result<Group, RaftError> {
         let inner = &self.inner;
-        let config = reg.settings.to_openraft(&format!("group-{group}"))?;
+        let settings = inner
+            .config
+            .settings_by_kind
+            .get(&reg.kind)
+            .unwrap_or(&reg.settings);
+        let config = settings.to_openraft(&format!("group-{group}"))?;
         let app = inner.factory.create(group, &reg.kind)?;
         let sm = GroupStateMachine::new(
             inner.store.clone(),

@@ -22,8 +22,8 @@ use riptide_proto::v1::admin_service_server::AdminServiceServer;
 use riptide_proto::v1::node_internal_server::NodeInternalServer;
 use riptide_proto::v1::stream_service_server::StreamServiceServer;
 use riptide_raft::{
-    EngineConfig, GroupId, GroupSettings, NodeId, RaftEngine, Role, StateMachine,
-    StateMachineFactory, StorageError, TransportSettings,
+    EngineConfig, GroupId, NodeId, RaftEngine, Role, StateMachine, StateMachineFactory,
+    StorageError, TransportSettings,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -85,14 +85,19 @@ impl Node {
             controller_applied: controller_applied.clone(),
         };
         let id = NodeId(config.node_id);
-        let engine = RaftEngine::open(EngineConfig::new(id, &config.data_dir), Arc::new(factory))
+        let mut engine_config = EngineConfig::new(id, &config.data_dir);
+        engine_config.settings_by_kind = HashMap::from([
+            (KIND_CONTROLLER.to_vec(), config.timing.controller()),
+            (KIND_SHARD.to_vec(), config.timing.shard()),
+        ]);
+        let engine = RaftEngine::open(engine_config, Arc::new(factory))
             .await
             .with_context(|| format!("opening node {id} in {}", config.data_dir.display()))?;
         if engine.group(CONTROLLER_GROUP).is_err() {
             engine
                 .create_group(
                     CONTROLLER_GROUP,
-                    GroupSettings::controller(),
+                    config.timing.controller(),
                     KIND_CONTROLLER,
                 )
                 .await
@@ -356,7 +361,7 @@ async fn reconcile(
                 Ok(g) => g,
                 Err(_) => {
                     core.engine
-                        .create_group(gid, GroupSettings::data_shard(), KIND_SHARD)
+                        .create_group(gid, core.config.timing.shard(), KIND_SHARD)
                         .await?
                 }
             };
