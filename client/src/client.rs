@@ -785,7 +785,9 @@ impl Client {
         Ok(())
     }
 
-    /// Moves every shard leadership off `node` (its replicas stay for now).
+    /// Drains `node`: it takes no new replicas, its shard leaderships move to other replicas,
+    /// and the controller places its replicas on other nodes (the data follows in the
+    /// background).
     pub async fn drain_node(&self, node: u64) -> Result<v1::DrainNodeResponse, ClientError> {
         let request = v1::DrainNodeRequest { node_id: node };
         let reply = self

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use riptide_raft::GroupSettings;
 use serde::{Deserialize, Serialize};
 
+/// Smallest `replica_repair_after_ms`: a node must miss at least one liveness probe (about one
+/// a second) before its replicas move.
+pub const MIN_REPLICA_REPAIR_AFTER_MS: u64 = 1_000;
+
 /// A configuration mistake, naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -158,6 +162,9 @@ pub struct NodeConfig {
     pub join: String,
     /// How often shard leaders remove records older than their stream's retention.
     pub retention_check_interval_ms: u64,
+    /// How long a node may leave the controller leader's liveness probes unanswered before the
+    /// controller moves its replicas to other nodes.
+    pub replica_repair_after_ms: u64,
     pub limits: Limits,
     pub timing: Timing,
 }
@@ -175,6 +182,7 @@ impl Default for NodeConfig {
             initial_cluster: Vec::new(),
             join: String::new(),
             retention_check_interval_ms: 60_000,
+            replica_repair_after_ms: 300_000,
             limits: Limits::default(),
             timing: Timing::default(),
         }
@@ -200,6 +208,7 @@ pub struct ConfigOverrides {
     pub zone: Option<String>,
     pub initial_cluster: Option<Vec<String>>,
     pub join: Option<String>,
+    pub replica_repair_after_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -250,6 +259,9 @@ impl NodeConfig {
         if let Some(v) = env("RIPTIDE_INITIAL_CLUSTER") {
             c.initial_cluster = list(v);
         }
+        if let Some(v) = env("RIPTIDE_REPLICA_REPAIR_AFTER_MS") {
+            c.replica_repair_after_ms = num("RIPTIDE_REPLICA_REPAIR_AFTER_MS", v)?;
+        }
         let ConfigOverrides {
             node_id,
             listen,
@@ -260,6 +272,7 @@ impl NodeConfig {
             zone,
             initial_cluster,
             join,
+            replica_repair_after_ms,
         } = flags;
         c.node_id = node_id.unwrap_or(c.node_id);
         c.listen = listen.unwrap_or(c.listen);
@@ -270,6 +283,7 @@ impl NodeConfig {
         c.zone = zone.unwrap_or(c.zone);
         c.initial_cluster = initial_cluster.unwrap_or(c.initial_cluster);
         c.join = join.unwrap_or(c.join);
+        c.replica_repair_after_ms = replica_repair_after_ms.unwrap_or(c.replica_repair_after_ms);
         c.validate()?;
         Ok(c)
     }
@@ -386,6 +400,15 @@ impl NodeConfig {
                 "must be at least 1",
             ));
         }
+        if self.replica_repair_after_ms < MIN_REPLICA_REPAIR_AFTER_MS {
+            return Err(ConfigError::new(
+                "replica_repair_after_ms",
+                format!(
+                    "must be at least {MIN_REPLICA_REPAIR_AFTER_MS} (nodes are probed about once a second), got {}",
+                    self.replica_repair_after_ms
+                ),
+            ));
+        }
         self.timing.validate()?;
         let l = &self.limits;
         for (key, v) in [
@@ -427,7 +450,11 @@ mod tests {
             "node_id = 2\nregion = \"eu\"\ninitial_cluster = [\"1=127.0.0.1:7101\", \"2=127.0.0.1:7102\"]\nlisten = \"127.0.0.1:7102\"\n",
         )
         .expect("write");
-        let env = |k: &str| (k == "RIPTIDE_ZONE").then(|| "eu-b".to_string());
+        let env = |k: &str| match k {
+            "RIPTIDE_ZONE" => Some("eu-b".to_string()),
+            "RIPTIDE_REPLICA_REPAIR_AFTER_MS" => Some("5000".to_string()),
+            _ => None,
+        };
         let c = NodeConfig::load(
             Some(&path),
             env,
@@ -442,6 +469,17 @@ mod tests {
             (2, "us", "eu-b")
         );
         assert_eq!(c.initial_members().expect("members").len(), 2);
+        assert_eq!(c.replica_repair_after_ms, 5000);
+        let flagged = NodeConfig::load(
+            Some(&path),
+            env,
+            ConfigOverrides {
+                replica_repair_after_ms: Some(2000),
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(flagged.replica_repair_after_ms, 2000);
     }
 
     #[test]
@@ -471,6 +509,10 @@ mod tests {
             "limits.max_shards"
         );
         assert_eq!(err("nodeid = 1"), "nodeid");
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nreplica_repair_after_ms = 10"),
+            "replica_repair_after_ms"
+        );
         assert_eq!(
             err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nkinesis_listen = \"4567\""),
             "kinesis_listen"

@@ -78,6 +78,10 @@ enum Command {
         /// Address of any node of a running cluster to join.
         #[arg(long)]
         join: Option<String>,
+        /// Milliseconds a node may leave liveness probes unanswered before its replicas move
+        /// to other nodes (default 300000).
+        #[arg(long)]
+        replica_repair_after_ms: Option<u64>,
     },
 }
 
@@ -130,6 +134,7 @@ async fn main() -> Result<()> {
             zone,
             initial_cluster,
             join,
+            replica_repair_after_ms,
         } => {
             let overrides = ConfigOverrides {
                 node_id,
@@ -141,6 +146,7 @@ async fn main() -> Result<()> {
                 zone,
                 initial_cluster,
                 join,
+                replica_repair_after_ms,
             };
             let config = NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok(), overrides)
                 .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;

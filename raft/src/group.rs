@@ -294,6 +294,27 @@ impl Group {
         .await
     }
 
+    /// Makes `voters` the group's voters in one joint change: nodes of `voters` must already be
+    /// members (learners are promoted), voters not in `voters` leave the group. Learners not in
+    /// `voters` stay learners. Call on the leader.
+    pub async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        if voters.is_empty() {
+            return Err(RaftError::MembershipChange {
+                group: self.id,
+                reason: "a group needs at least one voter".into(),
+            });
+        }
+        let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        self.change(|| async {
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(ids), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.write_error(e))
+        })
+        .await
+    }
+
     /// Removes `nodes` from the group, voters or learners. Call on the leader.
     pub async fn remove(&self, nodes: BTreeSet<NodeId>) -> Result<(), RaftError> {
         let ids: BTreeSet<u64> = nodes.iter().map(|n| n.0).collect();

@@ -294,5 +294,32 @@ async fn add_learner_promote_and_remove_change_the_membership() {
         .await
         .expect("new member applied");
 
+    // One joint change swaps a voter for a learner: the removed node has kept its (stale)
+    // replica, so it catches up as a learner first.
+    lg.add_learner(removed, cluster.addr(removed))
+        .await
+        .expect("learner again");
+    let dropped = *st
+        .voters
+        .iter()
+        .find(|id| **id != leader && **id != new)
+        .expect("a third voter");
+    let wanted = BTreeSet::from([leader, new, removed]);
+    lg.set_voters(wanted.clone()).await.expect("set voters");
+    let st = lg.status();
+    assert_eq!(st.voters, wanted, "{st:?}");
+    assert!(
+        !st.learners.contains(&dropped) && !st.addresses.contains_key(&dropped),
+        "{st:?}"
+    );
+    let out = cluster.write(g, Bytes::from_static(b"three"), T).await;
+    cluster
+        .engine(removed)
+        .group(g)
+        .expect("group")
+        .wait_applied(out.index, T)
+        .await
+        .expect("promoted learner applied");
+
     cluster.shutdown().await;
 }

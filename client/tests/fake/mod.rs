@@ -721,6 +721,7 @@ impl AdminService for FakeNode {
                 shard_leaders: 0,
                 shard_replicas: 0,
                 controller_voter: true,
+                ..Default::default()
             })
             .collect();
         let reply = v1::ClusterStatusResponse {
@@ -794,6 +795,7 @@ impl AdminService for FakeNode {
             v1::DrainNodeResponse {
                 leaders_moved: moved,
                 leaders_remaining: 0,
+                ..Default::default()
             },
         ))
     }

@@ -21,8 +21,10 @@ pub(super) async fn cluster(
             out.show(
                 || {
                     format!(
-                        "moved {} shard leaders off node {node}; {} remain on it\n",
-                        r.leaders_moved, r.leaders_remaining
+                        "node {node} is draining\n\
+                         moved {} shard leaders off node {node}; {} remain on it\n\
+                         placed {} shard replicas on other nodes (they copy their data in the background); {} remain on it\n",
+                        r.leaders_moved, r.leaders_remaining, r.replicas_moved, r.replicas_remaining
                     )
                 },
                 || {
@@ -30,6 +32,8 @@ pub(super) async fn cluster(
                         "node_id": node,
                         "leaders_moved": r.leaders_moved,
                         "leaders_remaining": r.leaders_remaining,
+                        "replicas_moved": r.replicas_moved,
+                        "replicas_remaining": r.replicas_remaining,
                     })
                 },
             );

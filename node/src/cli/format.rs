@@ -241,6 +241,7 @@ pub fn cluster_text(status: &v1::ClusterStatusResponse) -> String {
         "REGION",
         "ZONE",
         "STATE",
+        "LAST ANSWER",
         "LEADERS",
         "REPLICAS",
         "CONTROLLER",
@@ -256,7 +257,18 @@ pub fn cluster_text(status: &v1::ClusterStatusResponse) -> String {
             n.address.clone(),
             n.region.clone(),
             n.zone.clone(),
-            if n.up { "up" } else { "down" }.to_string(),
+            match (n.up, n.draining) {
+                (true, false) => "up",
+                (true, true) => "up,draining",
+                (false, false) => "down",
+                (false, true) => "down,draining",
+            }
+            .to_string(),
+            // Known only when the controller's leader answered the status call.
+            match n.since_last_answer_ms {
+                Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+                None => "-".to_string(),
+            },
             if n.up {
                 n.shard_leaders.to_string()
             } else {
@@ -294,6 +306,8 @@ pub fn cluster_json(status: &v1::ClusterStatusResponse) -> Value {
             "shard_leaders": n.shard_leaders,
             "shard_replicas": n.shard_replicas,
             "controller_voter": n.controller_voter,
+            "draining": n.draining,
+            "since_last_answer_ms": n.since_last_answer_ms,
         })).collect::<Vec<_>>(),
     })
 }
@@ -355,12 +369,16 @@ mod tests {
                     shard_leaders: 3,
                     shard_replicas: 8,
                     controller_voter: true,
+                    draining: false,
+                    since_last_answer_ms: Some(0),
                 },
                 v1::NodeStatus {
                     node_id: 2,
                     address: "127.0.0.1:7102".into(),
                     up: false,
                     controller_voter: true,
+                    draining: true,
+                    since_last_answer_ms: Some(12_345),
                     ..Default::default()
                 },
             ],
@@ -375,7 +393,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].contains(" down ") && lines[2].ends_with("voter"),
+            lines[2].contains(" down,draining ")
+                && lines[2].contains(" 12.3s ago ")
+                && lines[2].ends_with("voter"),
             "{text}"
         );
         assert!(
@@ -383,5 +403,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(cluster_json(&status)["nodes"][1]["up"], false);
+        assert_eq!(cluster_json(&status)["nodes"][1]["draining"], true);
+        assert_eq!(
+            cluster_json(&status)["nodes"][1]["since_last_answer_ms"],
+            12_345
+        );
     }
 }

@@ -172,8 +172,10 @@ pub enum ClusterCommand {
     ///
     /// Example: riptide cluster status
     Status,
-    /// Move every shard leadership off a node, for example before stopping it (its replicas
-    /// stay for now).
+    /// Drain a node, for example before removing it: it takes no new replicas, its shard
+    /// leaderships move to other replicas, and the controller places its replicas on other
+    /// nodes, which copy the data; the node then deletes its copies. `riptide cluster status`
+    /// shows its REPLICAS fall to 0.
     ///
     /// Example: riptide cluster drain 2
     Drain {

@@ -1,11 +1,14 @@
 //! The controller: a metadata Raft group (group 0) that every node hosts, as a voter on the
 //! first three nodes and as a learner elsewhere, so every node can read the cluster's metadata
-//! locally. It holds the nodes (address, region, zone), the streams, their shards with hash-key
-//! ranges, and where each shard's replicas live. Nodes act on it in [`crate::server`]'s
-//! reconciler: each node creates the shard groups placed on it and removes those no longer
-//! placed.
+//! locally. It holds the nodes (address, region, zone, draining), the streams, their shards
+//! with hash-key ranges, and where each shard's replicas live. Nodes act on it in
+//! [`crate::server`]'s reconciler: each node creates the shard groups placed on it and removes
+//! those no longer placed; shard leaders bring their group's membership to the placement; the
+//! controller's leader replaces the replicas of nodes that stopped answering or are draining
+//! ([`repair`]).
 
 pub mod placement;
+pub mod repair;
 
 use std::collections::BTreeMap;
 
@@ -28,6 +31,10 @@ pub struct NodeInfo {
     pub address: String,
     pub region: String,
     pub zone: String,
+    /// Set by a drain: the node takes no new replicas and the controller's leader moves its
+    /// replicas to other nodes. Registering again keeps it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A stream's lifecycle.
@@ -135,6 +142,22 @@ pub enum ControllerCommand {
     SetStreamMode {
         name: String,
         mode: StreamMode,
+    },
+    /// Marks a node draining (or not).
+    SetNodeDraining {
+        id: u64,
+        draining: bool,
+    },
+    /// Moves one replica of a shard from node `from` to node `to`, in place in the replica list.
+    /// Refused when it is stale: the stream was recreated, the shard is not ready yet (its first
+    /// replica may still have to form the group), `from` no longer holds it, `to` already does,
+    /// or `to` is unknown or draining.
+    ReplaceReplica {
+        stream: String,
+        created_ms: u64,
+        shard: u32,
+        from: u64,
+        to: u64,
     },
 }
 
@@ -293,9 +316,59 @@ impl ControllerMachine {
             pending.push((key, value));
         };
         match cmd {
-            ControllerCommand::RegisterNode(node) => {
+            ControllerCommand::RegisterNode(mut node) => {
+                if let Some(raw) = get(pending, &node_key(node.id))? {
+                    let known: NodeInfo =
+                        serde_json::from_slice(&raw).map_err(|e| corrupt("node record", e))?;
+                    node.draining = known.draining;
+                }
                 put(pending, node_key(node.id), Some(to_json(&node)));
                 Ok(Ok(ControllerReply::Done))
+            }
+            ControllerCommand::SetNodeDraining { id, draining } => {
+                let Some(raw) = get(pending, &node_key(id))? else {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("node_id: node {id} is not a member of the cluster"),
+                    )));
+                };
+                let mut node: NodeInfo =
+                    serde_json::from_slice(&raw).map_err(|e| corrupt("node record", e))?;
+                node.draining = draining;
+                put(pending, node_key(id), Some(to_json(&node)));
+                Ok(Ok(ControllerReply::Done))
+            }
+            ControllerCommand::ReplaceReplica {
+                stream,
+                created_ms,
+                shard,
+                from,
+                to,
+            } => {
+                let Some(mut s) = stream_of(pending, &stream)? else {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("stream_name: stream {stream:?} does not exist"),
+                    )));
+                };
+                let target = get(pending, &node_key(to))?
+                    .map(|raw| {
+                        serde_json::from_slice::<NodeInfo>(&raw)
+                            .map_err(|e| corrupt("node record", e))
+                    })
+                    .transpose()?;
+                if let Err(why) =
+                    repair::replace_replica(&mut s, created_ms, shard, from, to, target.as_ref())
+                {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "moving shard {shard} of {stream:?} from node {from} to node {to} is stale: {why}"
+                        ),
+                    )));
+                }
+                put(pending, stream_key(&stream), Some(to_json(&s)));
+                Ok(Ok(ControllerReply::Stream(s)))
             }
             ControllerCommand::RemoveNode { id } => {
                 if get(pending, &node_key(id))?.is_none() {
@@ -548,6 +621,18 @@ mod tests {
                 assert_eq!(mode, StreamMode::Provisioned);
                 assert!(tags.is_empty());
             }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nodes_stored_before_draining_existed_are_not_draining() {
+        let old = r#"{"id":4,"address":"a:1","region":"r","zone":"z"}"#;
+        let n: NodeInfo = serde_json::from_str(old).expect("old node record loads");
+        assert!(!n.draining);
+        let old_cmd = format!(r#"{{"RegisterNode":{old}}}"#);
+        match ControllerCommand::decode(old_cmd.as_bytes()).expect("old command decodes") {
+            ControllerCommand::RegisterNode(n) => assert!(!n.draining),
             other => panic!("decoded as {other:?}"),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Replicas of a shard go to distinct regions first, then distinct zones, then distinct nodes;
 //! among equally good nodes the one holding the fewest replicas wins, so that shards spread
-//! evenly. The first replica of each shard rotates, so that initial leaders spread too.
+//! evenly. The first replica of each shard rotates, so that initial leaders spread too. A
+//! replica that must move (its node is gone or draining) goes by the same rules
+//! ([`replacement`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +54,26 @@ pub fn place(nodes: &[Candidate], shards: u32, replication: usize) -> Vec<Vec<u6
         out.push(chosen.iter().map(|c| c.id).collect());
     }
     out
+}
+
+/// Chooses the node to take over one replica of a shard whose staying replicas are `keep`:
+/// among `candidates` (which must exclude every node holding the shard, and every node that
+/// may not take replicas), a region none of `keep` is in first, then a zone, then the least
+/// load; the lowest id breaks ties. `None` when there is no candidate.
+pub fn replacement<'a>(candidates: &'a [Candidate], keep: &[&Candidate]) -> Option<&'a Candidate> {
+    let regions: BTreeSet<&str> = keep.iter().map(|c| c.region.as_str()).collect();
+    let zones: BTreeSet<(&str, &str)> = keep
+        .iter()
+        .map(|c| (c.region.as_str(), c.zone.as_str()))
+        .collect();
+    candidates.iter().min_by_key(|n| {
+        (
+            regions.contains(n.region.as_str()),
+            zones.contains(&(n.region.as_str(), n.zone.as_str())),
+            n.load,
+            n.id,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -105,5 +127,33 @@ mod tests {
         assert!(count.values().all(|c| *c == 3), "uneven load {count:?}");
         let firsts: BTreeSet<_> = p.iter().map(|r| r[0]).collect();
         assert!(firsts.len() >= 3, "first replicas do not rotate: {p:?}");
+    }
+
+    #[test]
+    fn a_replacement_takes_a_missing_region_then_zone_then_the_least_load() {
+        let keep = [node(3, "us", "a"), node(5, "ap", "a")];
+        let keep: Vec<&Candidate> = keep.iter().collect();
+        let loaded = |mut c: Candidate, load| {
+            c.load = load;
+            c
+        };
+        // The only node in the region the shard lost wins over lighter nodes elsewhere.
+        let candidates = vec![
+            loaded(node(2, "eu", "b"), 9),
+            loaded(node(4, "us", "b"), 0),
+            loaded(node(6, "ap", "b"), 0),
+        ];
+        assert_eq!(replacement(&candidates, &keep).map(|c| c.id), Some(2));
+        // Without a free region, a free zone wins over load.
+        let candidates = vec![loaded(node(7, "us", "a"), 0), loaded(node(4, "us", "b"), 5)];
+        assert_eq!(replacement(&candidates, &keep).map(|c| c.id), Some(4));
+        // Among equal nodes the least loaded, then the lowest id.
+        let candidates = vec![
+            loaded(node(8, "eu", "a"), 2),
+            loaded(node(2, "eu", "b"), 1),
+            loaded(node(9, "eu", "c"), 1),
+        ];
+        assert_eq!(replacement(&candidates, &keep).map(|c| c.id), Some(2));
+        assert_eq!(replacement(&[], &keep), None);
     }
 }

@@ -327,6 +327,7 @@ impl AdminService for Api {
             return Err(ServiceError::invalid("address: must be host:port").into());
         }
         let info = NodeInfo {
+            draining: false,
             id: r.node_id,
             address: r.address,
             region: if r.region.is_empty() {
@@ -383,5 +384,13 @@ impl NodeInternal for Api {
         let hops = hops_of(&req);
         let r = req.into_inner();
         ok(core.propose_forwarded(&r.command, hops.max(r.hops)).await?)
+    }
+
+    async fn group_membership(
+        &self,
+        req: Request<v1::GroupMembershipRequest>,
+    ) -> Reply<v1::GroupMembershipResponse> {
+        let core = self.core()?;
+        ok(core.group_membership(req.into_inner().group_id)?)
     }
 }

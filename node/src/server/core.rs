@@ -20,6 +20,7 @@ use crate::controller::{
     ShardInfo, StreamInfo, StreamMode, StreamStatus, decode_reply,
 };
 use crate::error::ServiceError;
+use crate::server::liveness::Liveness;
 use crate::server::peers::{MAX_HOPS, Peers, forwarded};
 use crate::shard::iterator::{IteratorError, ShardIterator};
 use crate::shard::{NewRecord, ShardCommand, ShardReader};
@@ -39,6 +40,8 @@ pub const CONTROLLER_VOTERS: usize = 3;
 const CREATING_WAIT: Duration = Duration::from_secs(2);
 /// How long a request waits for a shard or the controller to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a drain waits for the controller to place the node's replicas elsewhere.
+const DRAIN_PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 /// Shards of an ON_DEMAND stream created without a shard count, as in Kinesis.
 pub const ON_DEMAND_SHARDS: u32 = 4;
 /// Streams a listing returns when the request names no limit, and the most it may ask for.
@@ -101,6 +104,8 @@ pub struct Core {
     /// Becomes true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
     quotas: Mutex<HashMap<u64, Bucket>>,
+    /// When each node last answered, while this node leads the controller.
+    liveness: Mutex<Liveness>,
 }
 
 impl Core {
@@ -121,7 +126,13 @@ impl Core {
             controller_applied,
             shutdown,
             quotas: Mutex::new(HashMap::new()),
+            liveness: Mutex::new(Liveness::new(Instant::now())),
         }
+    }
+
+    /// What the controller's leader knows of the other nodes' liveness.
+    pub fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn node_id(&self) -> u64 {
@@ -358,9 +369,11 @@ impl Core {
                 }
             }
         }
+        // Draining nodes take no new replicas.
         let candidates: Vec<Candidate> = self
             .nodes()?
             .into_iter()
+            .filter(|n| !n.draining)
             .map(|n| Candidate {
                 id: n.id,
                 load: load.get(&n.id).copied().unwrap_or(0),
@@ -370,7 +383,7 @@ impl Core {
             .collect();
         if candidates.is_empty() {
             return Err(ServiceError::unavailable(
-                "no node has registered with the controller yet; retry in a moment",
+                "no node that takes replicas has registered with the controller (none yet, or all are draining); retry in a moment",
             ));
         }
         let cmd = ControllerCommand::CreateStream {
@@ -1171,6 +1184,11 @@ impl Core {
             .controller()
             .map(|g| g.status().voters.contains(&NodeId(self.node_id())))
             .unwrap_or(false);
+        let draining = self
+            .nodes()
+            .ok()
+            .and_then(|nodes| nodes.into_iter().find(|n| n.id == self.node_id()))
+            .is_some_and(|n| n.draining);
         v1::NodeStatus {
             node_id: self.node_id(),
             address: self.config.advertised().to_string(),
@@ -1180,6 +1198,8 @@ impl Core {
             shard_leaders: leaders,
             shard_replicas: replicas,
             controller_voter: voter,
+            draining,
+            since_last_answer_ms: None,
         }
     }
 
@@ -1198,8 +1218,9 @@ impl Core {
         if local_only {
             return Ok(out);
         }
-        let probes = self
-            .nodes()?
+        let nodes = self.nodes()?;
+        let draining: HashMap<u64, bool> = nodes.iter().map(|n| (n.id, n.draining)).collect();
+        let probes = nodes
             .into_iter()
             .filter(|n| n.id != self.node_id())
             .map(|n| async move {
@@ -1226,12 +1247,30 @@ impl Core {
                         region: n.region,
                         zone: n.zone,
                         up: false,
+                        draining: n.draining,
                         ..Default::default()
                     },
                 }
             });
         out.nodes.extend(futures::future::join_all(probes).await);
         out.nodes.sort_by_key(|n| n.node_id);
+        // The controller's view of draining wins over a lagging node's own; liveness is known
+        // only to the controller's leader.
+        let now = Instant::now();
+        let liveness = self.liveness();
+        for n in &mut out.nodes {
+            if let Some(d) = draining.get(&n.node_id) {
+                n.draining = *d;
+            }
+            n.since_last_answer_ms = if n.node_id == self.node_id() && liveness.leading() {
+                Some(0)
+            } else {
+                liveness
+                    .since_last_answer(n.node_id, now)
+                    .map(|d| d.as_millis() as u64)
+            };
+        }
+        drop(liveness);
         Ok(out)
     }
 
@@ -1298,12 +1337,20 @@ impl Core {
         out
     }
 
+    /// Drains `node`: moves its leaderships to other voters (on the node itself, where the
+    /// request is forwarded), marks it draining in the controller (it takes no new replicas and
+    /// the controller's leader moves its replicas to other nodes), then waits a little for the
+    /// controller to place its replicas elsewhere. The moved replicas copy their data in the
+    /// background; the node deletes its copies once their groups have let it go. Leaders move
+    /// first so that the count of moved leaders is the drain's own (a leader whose replica is
+    /// moved hands its leadership over by itself).
     pub async fn drain_node(
         &self,
         node: u64,
         hops: u32,
     ) -> Result<v1::DrainNodeResponse, ServiceError> {
-        if node == self.node_id() {
+        if hops > 0 && node == self.node_id() {
+            // Forwarded by the node that handles the drain: only the leaderships move here.
             return Ok(self.drain_local().await);
         }
         let addr = self
@@ -1316,17 +1363,94 @@ impl Core {
                     "node_id: node {node} is not a member of the cluster"
                 ))
             })?;
-        if hops >= MAX_HOPS {
+        let (before, _) = self.replicas_placed_on(node)?;
+        let mut out = if node == self.node_id() {
+            self.drain_local().await
+        } else if hops >= MAX_HOPS {
             return Err(ServiceError::unavailable(
                 "drain request forwarded too often",
             ));
+        } else {
+            match self
+                .peers
+                .admin(&addr)?
+                .drain_node(forwarded(v1::DrainNodeRequest { node_id: node }, hops + 1))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                // A node that is down leads nothing: its groups have elected other leaders.
+                Err(s) if riptide_proto::status_code(&s) == ErrorCode::Unavailable => {
+                    tracing::info!(
+                        node_id = node,
+                        "drained node is unreachable; its replicas move without it"
+                    );
+                    v1::DrainNodeResponse::default()
+                }
+                Err(s) => return Err(s.into()),
+            }
+        };
+        self.propose(
+            &ControllerCommand::SetNodeDraining {
+                id: node,
+                draining: true,
+            },
+            hops,
+        )
+        .await?;
+        let deadline = Instant::now() + DRAIN_PLACEMENT_WAIT;
+        let mut changed = self.controller_applied.clone();
+        let remaining = loop {
+            let (remaining, movable) = self.replicas_placed_on(node)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if movable == 0 || left.is_zero() {
+                break remaining;
+            }
+            let _ = tokio::time::timeout(left, changed.changed()).await;
+        };
+        out.replicas_remaining = remaining;
+        out.replicas_moved = before.saturating_sub(remaining);
+        Ok(out)
+    }
+
+    /// Shard replicas the controller places on `node`, and how many of them some other node
+    /// could take (a registered node that is not draining and holds no replica of the shard).
+    fn replicas_placed_on(&self, node: u64) -> Result<(u32, u32), ServiceError> {
+        let takers: Vec<u64> = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.draining && n.id != node)
+            .map(|n| n.id)
+            .collect();
+        let (mut placed, mut movable) = (0, 0);
+        for sh in self.streams()?.iter().flat_map(|s| &s.shards) {
+            if sh.replicas.contains(&node) {
+                placed += 1;
+                if takers.iter().any(|t| !sh.replicas.contains(t)) {
+                    movable += 1;
+                }
+            }
         }
-        Ok(self
-            .peers
-            .admin(&addr)?
-            .drain_node(forwarded(v1::DrainNodeRequest { node_id: node }, hops + 1))
-            .await?
-            .into_inner())
+        Ok((placed, movable))
+    }
+
+    /// This node's view of a group's membership (for a node that wants to know whether a group
+    /// it no longer is placed in has let it go).
+    pub fn group_membership(
+        &self,
+        group: u64,
+    ) -> Result<v1::GroupMembershipResponse, ServiceError> {
+        let g = self.engine.group(GroupId(group)).map_err(|_| {
+            ServiceError::not_found(format!(
+                "group_id: group {group} is not hosted on node {}",
+                self.node_id()
+            ))
+        })?;
+        let status = g.status();
+        Ok(v1::GroupMembershipResponse {
+            leader: status.role == Role::Leader,
+            voters: status.voters.iter().map(|v| v.0).collect(),
+            learners: status.learners.iter().map(|v| v.0).collect(),
+        })
     }
 }
 

@@ -4,12 +4,18 @@
 //! - registration: the node records its address, region and zone in the controller;
 //! - the reconciler: creates the shard groups the controller placed on this node, forms those
 //!   it is first replica of, reports when their first leader is elected, removes the groups of
-//!   deleted streams, and (on the controller's leader) adds registered nodes to the controller
-//!   group as learners;
+//!   deleted streams and the replicas moved to other nodes, and (on the controller's leader)
+//!   adds registered nodes to the controller group as learners;
+//! - liveness and repair ([`liveness`]): the controller's leader probes every node and moves
+//!   the replicas of nodes silent for too long, or draining, to other nodes;
+//! - membership ([`membership`]): each shard leader brings its group's voters and learners to
+//!   the controller's placement;
 //! - retention: each shard leader trims records older than its stream's retention.
 
 pub mod api;
 pub mod core;
+pub mod liveness;
+pub mod membership;
 pub mod peers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -179,6 +185,8 @@ impl Node {
         let tasks = vec![
             tokio::spawn(register(core.clone())),
             tokio::spawn(reconcile_loop(core.clone())),
+            tokio::spawn(liveness::run(core.clone())),
+            tokio::spawn(membership::run(core.clone())),
             tokio::spawn(retention_loop(core.clone())),
         ];
         tracing::info!(node_id = %id, %addr, "node started");
@@ -278,13 +286,17 @@ async fn register(core: Arc<Core>) {
         address: core.config.advertised().to_string(),
         region: core.config.region.clone(),
         zone: core.config.zone.clone(),
+        draining: false,
     };
     loop {
         let known = core
             .nodes()
             .ok()
             .and_then(|nodes| nodes.into_iter().find(|n| n.id == me.id));
-        if known.as_ref() == Some(&me) {
+        // The controller keeps a node's draining mark when it registers again.
+        if known.is_some_and(|k| {
+            (&k.address, &k.region, &k.zone) == (&me.address, &me.region, &me.zone)
+        }) {
             return;
         }
         match core
@@ -365,7 +377,9 @@ async fn reconcile(
                         .await?
                 }
             };
-            if sh.replicas.first() == Some(&me) && !formed.contains(&sh.group) {
+            // Only a shard that is not ready yet is formed: once it is, its replicas may have
+            // changed, and a new first replica must join the group, not form another.
+            if !sh.ready && sh.replicas.first() == Some(&me) && !formed.contains(&sh.group) {
                 let members: BTreeMap<NodeId, String> = sh
                     .replicas
                     .iter()
@@ -389,14 +403,81 @@ async fn reconcile(
             }
         }
     }
+    // Groups no longer placed here: a deleted stream's go at once; a replica moved to another
+    // node stays until the shard's leader says it is no longer a voter, so that the group never
+    // loses a voter before the placed replicas have taken over.
+    let placed: HashMap<u64, &Vec<u64>> = streams
+        .iter()
+        .flat_map(|s| s.shards.iter().map(|sh| (sh.group, &sh.replicas)))
+        .collect();
+    let mut moved = Vec::new();
     for gid in core.engine.group_ids() {
-        if gid != CONTROLLER_GROUP && !wanted.contains(&gid) {
-            tracing::info!(group_id = %gid, "removing a shard no longer placed on this node");
+        if gid == CONTROLLER_GROUP || wanted.contains(&gid) {
+            continue;
+        }
+        match placed.get(&gid.0) {
+            None => {
+                tracing::info!(group_id = %gid, "removing a shard no longer placed on this node");
+                core.engine.delete_group(gid).await?;
+                formed.remove(&gid.0);
+            }
+            Some(replicas) => {
+                let mut ask: Vec<String> = replicas
+                    .iter()
+                    .filter_map(|r| addrs.get(r).cloned())
+                    .collect();
+                if let Ok(g) = core.engine.group(gid) {
+                    let status = g.status();
+                    if let Some(a) = status.leader.and_then(|l| status.addresses.get(&l)) {
+                        ask.push(a.clone());
+                    }
+                }
+                ask.sort();
+                ask.dedup();
+                moved.push((gid, ask));
+            }
+        }
+    }
+    let checks = moved
+        .into_iter()
+        .map(|(gid, ask)| async move { (gid, left_the_group(core, gid, &ask).await) });
+    for (gid, left) in futures::future::join_all(checks).await {
+        if left {
+            tracing::info!(group_id = %gid, "removing a replica moved to another node");
             core.engine.delete_group(gid).await?;
             formed.remove(&gid.0);
         }
     }
     Ok(())
+}
+
+/// Whether the leader of `gid`, found among `ask`, says this node is no longer one of the
+/// group's voters.
+async fn left_the_group(core: &Core, gid: GroupId, ask: &[String]) -> bool {
+    let me = core.node_id();
+    let answers = ask.iter().map(|addr| async move {
+        let call = async {
+            let mut req =
+                tonic::Request::new(riptide_proto::v1::GroupMembershipRequest { group_id: gid.0 });
+            req.set_timeout(Duration::from_secs(1));
+            core.peers
+                .internal(addr)
+                .ok()?
+                .group_membership(req)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.into_inner())
+    });
+    futures::future::join_all(answers)
+        .await
+        .into_iter()
+        .flatten()
+        .any(|m| m.leader && !m.voters.contains(&me))
 }
 
 async fn retention_loop(core: Arc<Core>) {
