@@ -105,6 +105,16 @@ impl ClientConfig {
     }
 }
 
+/// Settings of a new stream beyond its shard count, for [`Client::create_stream_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Hours the stream keeps its records; the node's default (24) when `None`.
+    pub retention_hours: Option<u32>,
+    /// A region whose replicas should lead the shards while it is healthy; the leaders spread
+    /// over every healthy node when `None`.
+    pub preferred_leader_region: Option<String>,
+}
+
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PutResult {
@@ -268,10 +278,25 @@ impl Client {
         shards: u32,
         retention_hours: Option<u32>,
     ) -> Result<v1::StreamDescription, ClientError> {
+        let options = StreamOptions {
+            retention_hours,
+            ..StreamOptions::default()
+        };
+        self.create_stream_with(name, shards, options).await
+    }
+
+    /// Creates a stream with `shards` shards and the settings in `options`.
+    pub async fn create_stream_with(
+        &self,
+        name: &str,
+        shards: u32,
+        options: StreamOptions,
+    ) -> Result<v1::StreamDescription, ClientError> {
         let request = v1::CreateStreamRequest {
             stream_name: name.to_string(),
             shard_count: shards,
-            retention_period_hours: retention_hours.unwrap_or(0),
+            retention_period_hours: options.retention_hours.unwrap_or(0),
+            preferred_leader_region: options.preferred_leader_region.unwrap_or_default(),
         };
         let reply = self
             .call(Route::Any, Retry::IfNeverSent, |ch| {
@@ -423,6 +448,26 @@ impl Client {
         self.call(Route::Any, Retry::Retryable, |ch| {
             let request = request.clone();
             async move { ch.stream().update_retention(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the region whose replicas should lead the stream's shards (`None` clears it). The
+    /// controller's leader moves the leaders there within seconds, while that region has a
+    /// replica of each shard on a healthy node.
+    pub async fn update_preferred_leader_region(
+        &self,
+        name: &str,
+        region: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let request = v1::UpdatePreferredLeaderRegionRequest {
+            stream_name: name.to_string(),
+            preferred_leader_region: region.unwrap_or_default().to_string(),
+        };
+        self.call(Route::Any, Retry::Retryable, |ch| {
+            let request = request.clone();
+            async move { ch.stream().update_preferred_leader_region(request).await }
         })
         .await?;
         Ok(())
@@ -797,6 +842,17 @@ impl Client {
             .await?;
         self.lock_maps().values_mut().for_each(|m| m.stale = true);
         Ok(reply.value)
+    }
+
+    /// Clears a drain's mark on `node`: it may take replicas and leaderships again. Replicas
+    /// the drain moved stay where they are; leaders come back through the leader balancer.
+    pub async fn undrain_node(&self, node: u64) -> Result<(), ClientError> {
+        let request = v1::UndrainNodeRequest { node_id: node };
+        self.call(Route::Any, Retry::Retryable, |ch| async move {
+            ch.admin().undrain_node(request).await
+        })
+        .await?;
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ mod tests {
                 .collect(),
             retention_period_hours: 24,
             created_at_ms: 0,
+            preferred_leader_region: String::new(),
         }
     }
 

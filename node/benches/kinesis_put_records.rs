@@ -87,6 +87,7 @@ async fn create_stream(cluster: &Cluster) -> usize {
         stream_name: STREAM.into(),
         shard_count: 1,
         retention_period_hours: 0,
+        ..Default::default()
     })
     .await
     .expect("create stream");

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use riptide_raft::GroupSettings;
 use serde::{Deserialize, Serialize};
 
+/// Smallest `leader_balance_interval_ms` other than 0 (off).
+pub const MIN_LEADER_BALANCE_INTERVAL_MS: u64 = 1_000;
+
 /// Smallest `replica_repair_after_ms`: a node must miss at least one liveness probe (about one
 /// a second) before its replicas move.
 pub const MIN_REPLICA_REPAIR_AFTER_MS: u64 = 1_000;
@@ -165,6 +168,9 @@ pub struct NodeConfig {
     /// How long a node may leave the controller leader's liveness probes unanswered before the
     /// controller moves its replicas to other nodes.
     pub replica_repair_after_ms: u64,
+    /// How often the controller's leader rebalances shard leaderships (to each stream's
+    /// preferred leader region, then evenly over the usable nodes); 0 turns balancing off.
+    pub leader_balance_interval_ms: u64,
     pub limits: Limits,
     pub timing: Timing,
 }
@@ -183,6 +189,7 @@ impl Default for NodeConfig {
             join: String::new(),
             retention_check_interval_ms: 60_000,
             replica_repair_after_ms: 300_000,
+            leader_balance_interval_ms: 10_000,
             limits: Limits::default(),
             timing: Timing::default(),
         }
@@ -261,6 +268,9 @@ impl NodeConfig {
         }
         if let Some(v) = env("RIPTIDE_REPLICA_REPAIR_AFTER_MS") {
             c.replica_repair_after_ms = num("RIPTIDE_REPLICA_REPAIR_AFTER_MS", v)?;
+        }
+        if let Some(v) = env("RIPTIDE_LEADER_BALANCE_INTERVAL_MS") {
+            c.leader_balance_interval_ms = num("RIPTIDE_LEADER_BALANCE_INTERVAL_MS", v)?;
         }
         let ConfigOverrides {
             node_id,
@@ -406,6 +416,17 @@ impl NodeConfig {
                 format!(
                     "must be at least {MIN_REPLICA_REPAIR_AFTER_MS} (nodes are probed about once a second), got {}",
                     self.replica_repair_after_ms
+                ),
+            ));
+        }
+        if self.leader_balance_interval_ms != 0
+            && self.leader_balance_interval_ms < MIN_LEADER_BALANCE_INTERVAL_MS
+        {
+            return Err(ConfigError::new(
+                "leader_balance_interval_ms",
+                format!(
+                    "must be 0 (off) or at least {MIN_LEADER_BALANCE_INTERVAL_MS} (leaders are learnt from probes about once a second), got {}",
+                    self.leader_balance_interval_ms
                 ),
             ));
         }

@@ -70,6 +70,7 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
         stream_name: "dev".into(),
         shard_count: 1,
         retention_period_hours: 0,
+        ..Default::default()
     })
     .await
     .expect("create");

@@ -363,6 +363,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
             stream_name: name.into(),
             shard_count,
             retention_period_hours,
+            ..Default::default()
         };
     let get = |shard_iterator: String, limit: u32| v1::GetRecordsRequest {
         shard_iterator,
@@ -531,6 +532,17 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
             a.create_stream(create("z", 1, 9000)).await.map(|_| ()),
             ErrorCode::InvalidArgument,
             &["retention_period_hours", "8760"],
+        ),
+        (
+            "unknown preferred leader region",
+            a.create_stream(v1::CreateStreamRequest {
+                preferred_leader_region: "mars".into(),
+                ..create("z", 1, 0)
+            })
+            .await
+            .map(|_| ()),
+            ErrorCode::InvalidArgument,
+            &["preferred_leader_region", "mars"],
         ),
         (
             "garbage iterator",

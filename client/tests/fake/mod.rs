@@ -127,6 +127,7 @@ impl State {
                 .collect(),
             retention_period_hours: stream.retention,
             created_at_ms: 1,
+            preferred_leader_region: String::new(),
         })
     }
 
@@ -450,6 +451,22 @@ impl StreamService for FakeNode {
         ))
     }
 
+    async fn update_preferred_leader_region(
+        &self,
+        request: Request<v1::UpdatePreferredLeaderRegionRequest>,
+    ) -> Result<Response<v1::UpdatePreferredLeaderRegionResponse>, Status> {
+        let r = request.into_inner();
+        let mut state = self.lock();
+        state.stream(&r.stream_name)?;
+        Ok(self.respond(
+            &mut state,
+            "UpdatePreferredLeaderRegion",
+            None,
+            0,
+            v1::UpdatePreferredLeaderRegionResponse {},
+        ))
+    }
+
     async fn put_record(
         &self,
         request: Request<v1::PutRecordRequest>,
@@ -763,6 +780,26 @@ impl AdminService for FakeNode {
             None,
             0,
             v1::TransferShardLeaderResponse {},
+        ))
+    }
+
+    async fn undrain_node(
+        &self,
+        request: Request<v1::UndrainNodeRequest>,
+    ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
+        let node = request.into_inner().node_id;
+        let mut state = self.lock();
+        if !state.nodes.iter().any(|n| n.0 == node) {
+            return Err(Status::not_found(format!(
+                "node_id: node {node} is not a member"
+            )));
+        }
+        Ok(self.respond(
+            &mut state,
+            "UndrainNode",
+            None,
+            0,
+            v1::UndrainNodeResponse {},
         ))
     }
 

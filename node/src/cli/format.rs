@@ -169,6 +169,8 @@ pub fn stream_json(desc: &v1::StreamDescription) -> Value {
         "stream_name": desc.stream_name,
         "status": status_name(desc),
         "retention_period_hours": desc.retention_period_hours,
+        "preferred_leader_region": (!desc.preferred_leader_region.is_empty())
+            .then_some(&desc.preferred_leader_region),
         "created_at_ms": desc.created_at_ms,
         "shards": desc.shards.iter().map(shard_json).collect::<Vec<_>>(),
     })
@@ -190,13 +192,20 @@ pub fn shard_json(shard: &v1::Shard) -> Value {
 /// A stream description as a summary followed by a table of its shards.
 pub fn stream_text(desc: &v1::StreamDescription) -> String {
     let mut out = format!(
-        "stream     {}\nstatus     {}\nretention  {} hours\ncreated    {}\nshards     {}\n\n",
+        "stream     {}\nstatus     {}\nretention  {} hours\ncreated    {}\nshards     {}\n",
         desc.stream_name,
         status_name(desc),
         desc.retention_period_hours,
         timestamp(desc.created_at_ms),
         desc.shards.len()
     );
+    if !desc.preferred_leader_region.is_empty() {
+        out.push_str(&format!(
+            "leaders    preferred in region {}\n",
+            desc.preferred_leader_region
+        ));
+    }
+    out.push('\n');
     let mut table = Table::new(&[
         "SHARD",
         "LEADER",
@@ -371,6 +380,7 @@ mod tests {
                     controller_voter: true,
                     draining: false,
                     since_last_answer_ms: Some(0),
+                    leading_groups: vec![1, 2, 3],
                 },
                 v1::NodeStatus {
                     node_id: 2,

@@ -91,6 +91,10 @@ pub enum StreamCommand {
         /// How long records are kept, in hours (the cluster's default, 24, when absent).
         #[arg(long)]
         retention_hours: Option<u32>,
+        /// A region whose nodes should lead the shards while it is healthy (for producers in
+        /// that region); leaders spread over every node when absent.
+        #[arg(long)]
+        preferred_leader_region: Option<String>,
         /// Return as soon as the cluster accepted the stream, without waiting for ACTIVE.
         #[arg(long)]
         no_wait: bool,
@@ -109,6 +113,27 @@ pub enum StreamCommand {
     ///
     /// Example: riptide stream list --output json
     List,
+    /// Change a stream's retention or preferred leader region.
+    ///
+    /// With a preferred leader region, the controller moves each shard's leadership to its
+    /// replica in that region within seconds (`leader_balance_interval_ms`), and back there after
+    /// a failover once the region is healthy again.
+    ///
+    /// Example: riptide stream update orders --preferred-leader-region eu-west
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+    Update {
+        /// The stream's name.
+        name: String,
+        /// How long records are kept, in hours (1 to 8760).
+        #[arg(long, group = "change")]
+        retention_hours: Option<u32>,
+        /// The region whose nodes should lead the stream's shards.
+        #[arg(long, group = "change", conflicts_with = "no_preferred_leader_region")]
+        preferred_leader_region: Option<String>,
+        /// Clear the preferred leader region: leaders spread over every node.
+        #[arg(long, group = "change")]
+        no_preferred_leader_region: bool,
+    },
     /// Delete a stream and all its records.
     ///
     /// Example: riptide stream delete orders
@@ -172,15 +197,47 @@ pub enum ClusterCommand {
     ///
     /// Example: riptide cluster status
     Status,
-    /// Drain a node, for example before removing it: it takes no new replicas, its shard
-    /// leaderships move to other replicas, and the controller places its replicas on other
-    /// nodes, which copy the data; the node then deletes its copies. `riptide cluster status`
-    /// shows its REPLICAS fall to 0.
+    /// Drain a node, or every node of a region, for example before maintenance: it takes no
+    /// new replicas, its shard leaderships move to other replicas, and the controller places
+    /// its replicas on other nodes, which copy the data; the node then deletes its copies.
     ///
-    /// Example: riptide cluster drain 2
+    /// The command shows progress until the nodes hold no leader and no replica (or
+    /// --timeout-secs passes; the controller goes on moving them), then a summary.
+    /// `riptide cluster undrain` lets the nodes take replicas and leaders again.
+    ///
+    /// Examples:
+    ///   riptide cluster drain 2
+    ///   riptide cluster drain --region eu-west
+    #[command(group = clap::ArgGroup::new("target").required(true))]
     Drain {
         /// The node's id.
-        node: u64,
+        #[arg(group = "target")]
+        node: Option<u64>,
+        /// Drain every node of this region instead.
+        #[arg(long, group = "target")]
+        region: Option<String>,
+        /// Return once the drain is marked and leaders moved, without waiting for the replicas.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting for the replicas to move after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Clear the drain mark of a node, or of every node of a region: they may take replicas
+    /// and leaderships again. Replicas moved away stay where they are; the leader balancer
+    /// gives the nodes their share of leaders back within seconds.
+    ///
+    /// Examples:
+    ///   riptide cluster undrain 2
+    ///   riptide cluster undrain --region eu-west
+    #[command(group = clap::ArgGroup::new("target").required(true))]
+    Undrain {
+        /// The node's id.
+        #[arg(group = "target")]
+        node: Option<u64>,
+        /// Every node of this region instead.
+        #[arg(long, group = "target")]
+        region: Option<String>,
     },
 }
 
@@ -198,6 +255,9 @@ pub enum ShardCommand {
         /// Id of the node whose replica should lead.
         #[arg(long)]
         to: u64,
+        /// Give up waiting for the new leader after this many seconds.
+        #[arg(long, default_value_t = 15)]
+        timeout_secs: u64,
     },
 }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use riptide_client::{Client, v1};
+use riptide_client::{Client, StreamOptions, v1};
 use serde_json::json;
 
 use super::format::{status_name, stream_json, stream_text, streams_text};
@@ -15,11 +15,16 @@ pub(super) async fn run(client: &Client, out: Printer, cmd: StreamCommand) -> an
             name,
             shards,
             retention_hours,
+            preferred_leader_region,
             no_wait,
             timeout_secs,
         } => {
             eprintln!("creating stream {name} with {shards} shards ...");
-            let mut desc = client.create_stream(&name, shards, retention_hours).await?;
+            let options = StreamOptions {
+                retention_hours,
+                preferred_leader_region,
+            };
+            let mut desc = client.create_stream_with(&name, shards, options).await?;
             if !no_wait {
                 desc = wait_for_active(client, &name, Duration::from_secs(timeout_secs)).await?;
             }
@@ -41,6 +46,23 @@ pub(super) async fn run(client: &Client, out: Printer, cmd: StreamCommand) -> an
                 },
                 || json!({ "streams": streams.iter().map(stream_json).collect::<Vec<_>>() }),
             );
+        }
+        StreamCommand::Update {
+            name,
+            retention_hours,
+            preferred_leader_region,
+            no_preferred_leader_region,
+        } => {
+            if let Some(hours) = retention_hours {
+                client.update_retention(&name, hours).await?;
+            }
+            if preferred_leader_region.is_some() || no_preferred_leader_region {
+                client
+                    .update_preferred_leader_region(&name, preferred_leader_region.as_deref())
+                    .await?;
+            }
+            let desc = client.describe_stream(&name).await?;
+            out.show(|| stream_text(&desc), || stream_json(&desc));
         }
         StreamCommand::Delete { name } => {
             client.delete_stream(&name).await?;

@@ -7,6 +7,7 @@
 //! controller's leader replaces the replicas of nodes that stopped answering or are draining
 //! ([`repair`]).
 
+pub mod balance;
 pub mod placement;
 pub mod repair;
 
@@ -90,6 +91,10 @@ pub struct StreamInfo {
     /// Tags by key; streams stored before tags existed have none.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The region whose replicas lead the shards while that region has a usable replica
+    /// (moved there by the leader balancer); `None` spreads leaders over every usable node.
+    #[serde(default)]
+    pub preferred_leader_region: Option<String>,
 }
 
 /// Limits the controller enforces when it applies a command, so that every replica decides
@@ -118,6 +123,8 @@ pub enum ControllerCommand {
         mode: StreamMode,
         #[serde(default)]
         tags: BTreeMap<String, String>,
+        #[serde(default)]
+        preferred_leader_region: Option<String>,
     },
     ShardReady {
         stream: String,
@@ -142,6 +149,11 @@ pub enum ControllerCommand {
     SetStreamMode {
         name: String,
         mode: StreamMode,
+    },
+    /// Sets (or clears) the region whose replicas should lead the stream's shards.
+    SetPreferredLeaderRegion {
+        name: String,
+        region: Option<String>,
     },
     /// Marks a node draining (or not).
     SetNodeDraining {
@@ -388,6 +400,7 @@ impl ControllerMachine {
                 limits,
                 mode,
                 tags,
+                preferred_leader_region,
             } => {
                 if stream_of(pending, &name)?.is_some() {
                     return Ok(Err(Refusal::new(
@@ -466,6 +479,7 @@ impl ControllerMachine {
                     shards,
                     mode,
                     tags,
+                    preferred_leader_region,
                 };
                 put(
                     pending,
@@ -552,6 +566,17 @@ impl ControllerMachine {
                     )));
                 };
                 s.mode = mode;
+                put(pending, stream_key(&name), Some(to_json(&s)));
+                Ok(Ok(ControllerReply::Stream(s)))
+            }
+            ControllerCommand::SetPreferredLeaderRegion { name, region } => {
+                let Some(mut s) = stream_of(pending, &name)? else {
+                    return Ok(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("stream_name: stream {name:?} does not exist"),
+                    )));
+                };
+                s.preferred_leader_region = region;
                 put(pending, stream_key(&name), Some(to_json(&s)));
                 Ok(Ok(ControllerReply::Stream(s)))
             }

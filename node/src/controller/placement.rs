@@ -20,8 +20,14 @@ pub struct Candidate {
 
 /// Places `shards` shards with `replication` replicas each (fewer when there are fewer
 /// nodes) on `nodes`. Returns one list of node ids per shard, its first entry the node that
-/// forms the group.
-pub fn place(nodes: &[Candidate], shards: u32, replication: usize) -> Vec<Vec<u64>> {
+/// forms the group (and so usually its first leader): a node of `preferred_leader_region` when
+/// the region has one.
+pub fn place(
+    nodes: &[Candidate],
+    shards: u32,
+    replication: usize,
+    preferred_leader_region: Option<&str>,
+) -> Vec<Vec<u64>> {
     let rf = replication.min(nodes.len());
     let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (n.id, n.load)).collect();
     let mut out = Vec::with_capacity(shards as usize);
@@ -38,6 +44,7 @@ pub fn place(nodes: &[Candidate], shards: u32, replication: usize) -> Vec<Vec<u6
                 .filter(|n| !chosen.iter().any(|c| c.id == n.id))
                 .min_by_key(|n| {
                     (
+                        chosen.is_empty() && preferred_leader_region.is_some_and(|r| r != n.region),
                         regions.contains(n.region.as_str()),
                         zones.contains(&(n.region.as_str(), n.zone.as_str())),
                         load[&n.id],
@@ -98,7 +105,7 @@ mod tests {
             node(4, "us", "b"),
             node(5, "ap", "a"),
         ];
-        for replicas in place(&nodes, 10, 3) {
+        for replicas in place(&nodes, 10, 3, None) {
             let regions: BTreeSet<_> = replicas
                 .iter()
                 .map(|id| nodes[*id as usize - 1].region.clone())
@@ -108,14 +115,41 @@ mod tests {
     }
 
     #[test]
+    fn the_first_replica_is_in_the_preferred_leader_region() {
+        let nodes = vec![
+            node(1, "eu", "a"),
+            node(2, "eu", "b"),
+            node(3, "us", "a"),
+            node(4, "us", "b"),
+            node(5, "ap", "a"),
+        ];
+        let p = place(&nodes, 6, 3, Some("us"));
+        for replicas in &p {
+            assert!(
+                [3, 4].contains(&replicas[0]),
+                "{replicas:?} starts outside us"
+            );
+            let regions: BTreeSet<_> = replicas
+                .iter()
+                .map(|id| nodes[*id as usize - 1].region.clone())
+                .collect();
+            assert_eq!(regions.len(), 3, "{replicas:?} shares a region");
+        }
+        let firsts: BTreeSet<_> = p.iter().map(|r| r[0]).collect();
+        assert_eq!(firsts.len(), 2, "both us nodes lead some shards: {p:?}");
+        // A region without nodes changes nothing.
+        assert_eq!(place(&nodes, 6, 3, Some("sa")), place(&nodes, 6, 3, None));
+    }
+
+    #[test]
     fn small_clusters_get_fewer_replicas_and_even_load() {
         let nodes = vec![node(1, "r", "a"), node(2, "r", "a")];
-        let p = place(&nodes, 4, 3);
+        let p = place(&nodes, 4, 3, None);
         assert!(p.iter().all(|r| r.len() == 2));
         let nodes: Vec<_> = (1..=6)
             .map(|i| node(i, "r", &format!("z{}", i % 3)))
             .collect();
-        let p = place(&nodes, 6, 3);
+        let p = place(&nodes, 6, 3, None);
         let mut count = BTreeMap::new();
         for r in &p {
             for id in r {

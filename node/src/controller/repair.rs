@@ -211,6 +211,7 @@ mod tests {
                 .collect(),
             mode: StreamMode::Provisioned,
             tags: BTreeMap::new(),
+            preferred_leader_region: None,
         }
     }
 

@@ -340,7 +340,7 @@ async fn create_stream(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceErr
         }
     }
     ctx.core
-        .create_stream_with(name, shard_count.map(to_u32), 0, mode, tags)
+        .create_stream_with(name, shard_count.map(to_u32), 0, mode, tags, None)
         .await?;
     Ok(Value::map([]))
 }

@@ -81,7 +81,12 @@ impl StreamService for Api {
         let core = self.core()?;
         let r = req.into_inner();
         let s = core
-            .create_stream(&r.stream_name, r.shard_count, r.retention_period_hours)
+            .create_stream(
+                &r.stream_name,
+                r.shard_count,
+                r.retention_period_hours,
+                Some(r.preferred_leader_region),
+            )
             .await?;
         ok(v1::CreateStreamResponse {
             stream: Some(core.describe(&s)),
@@ -143,6 +148,17 @@ impl StreamService for Api {
         core.set_retention(&r.stream_name, r.retention_period_hours)
             .await?;
         ok(v1::UpdateRetentionResponse {})
+    }
+
+    async fn update_preferred_leader_region(
+        &self,
+        req: Request<v1::UpdatePreferredLeaderRegionRequest>,
+    ) -> Reply<v1::UpdatePreferredLeaderRegionResponse> {
+        let core = self.core()?;
+        let r = req.into_inner();
+        core.set_preferred_leader_region(&r.stream_name, Some(r.preferred_leader_region))
+            .await?;
+        ok(v1::UpdatePreferredLeaderRegionResponse {})
     }
 
     async fn put_record(&self, req: Request<v1::PutRecordRequest>) -> Reply<v1::PutRecordResponse> {
@@ -371,6 +387,15 @@ impl AdminService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         ok(core.drain_node(req.into_inner().node_id, hops).await?)
+    }
+
+    async fn undrain_node(
+        &self,
+        req: Request<v1::UndrainNodeRequest>,
+    ) -> Reply<v1::UndrainNodeResponse> {
+        let core = self.core()?;
+        core.undrain_node(req.into_inner().node_id).await?;
+        ok(v1::UndrainNodeResponse {})
     }
 }
 

@@ -2,7 +2,7 @@
 //! API) is carried out here. Requests for a shard go to the shard's leader: served here when
 //! this node leads it, forwarded otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -314,6 +314,7 @@ impl Core {
         name: &str,
         shard_count: u32,
         retention_hours: u32,
+        preferred_leader_region: Option<String>,
     ) -> Result<StreamInfo, ServiceError> {
         self.create_stream_with(
             name,
@@ -321,6 +322,7 @@ impl Core {
             retention_hours,
             StreamMode::Provisioned,
             BTreeMap::new(),
+            preferred_leader_region,
         )
         .await
     }
@@ -334,8 +336,10 @@ impl Core {
         retention_hours: u32,
         mode: StreamMode,
         tags: BTreeMap<String, String>,
+        preferred_leader_region: Option<String>,
     ) -> Result<StreamInfo, ServiceError> {
         let name = StreamName::new(name)?;
+        let preferred_leader_region = self.known_region(preferred_leader_region)?;
         let limits = &self.config.limits;
         let shard_count = match (shard_count, mode) {
             (Some(n), _) => n,
@@ -390,13 +394,19 @@ impl Core {
             name: name.as_str().to_string(),
             retention_hours,
             created_ms: self.clock.now_ms(),
-            placements: placement::place(&candidates, shard_count, REPLICATION),
+            placements: placement::place(
+                &candidates,
+                shard_count,
+                REPLICATION,
+                preferred_leader_region.as_deref(),
+            ),
             limits: CountLimits {
                 max_streams: limits.max_streams,
                 max_shards: limits.max_shards,
             },
             mode,
             tags,
+            preferred_leader_region,
         };
         match self.propose(&cmd, 0).await? {
             ControllerReply::Stream(s) => Ok(s),
@@ -428,6 +438,43 @@ impl Core {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Sets (or, with `None`, clears) the region whose replicas should lead the stream's
+    /// shards; the leader balancer moves the leaders within seconds.
+    pub async fn set_preferred_leader_region(
+        &self,
+        name: &str,
+        region: Option<String>,
+    ) -> Result<(), ServiceError> {
+        let name = StreamName::new(name)?;
+        let region = self.known_region(region)?;
+        self.propose(
+            &ControllerCommand::SetPreferredLeaderRegion {
+                name: name.as_str().to_string(),
+                region,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A preferred leader region as given: `None` or empty for none, otherwise a region some
+    /// registered node is in (a misspelt region would otherwise be silently ignored).
+    fn known_region(&self, region: Option<String>) -> Result<Option<String>, ServiceError> {
+        let Some(region) = region.filter(|r| !r.is_empty()) else {
+            return Ok(None);
+        };
+        let known: BTreeSet<String> = self.nodes()?.into_iter().map(|n| n.region).collect();
+        if known.contains(&region) {
+            Ok(Some(region))
+        } else {
+            Err(ServiceError::invalid(format!(
+                "preferred_leader_region: no node of the cluster is in region {region:?} (regions: {})",
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            )))
+        }
     }
 
     /// Changes the retention in one direction only, as Kinesis's Increase and Decrease calls do.
@@ -605,6 +652,7 @@ impl Core {
                 .collect(),
             retention_period_hours: s.retention_hours,
             created_at_ms: s.created_ms,
+            preferred_leader_region: s.preferred_leader_region.clone().unwrap_or_default(),
         }
     }
 
@@ -1169,15 +1217,19 @@ impl Core {
 
     /// This node's own line of the cluster status.
     pub fn local_status(&self) -> v1::NodeStatus {
-        let mut leaders = 0;
+        let mut leading_groups = Vec::new();
         let mut replicas = 0;
         for id in self.engine.group_ids() {
             if id == CONTROLLER_GROUP {
                 continue;
             }
             replicas += 1;
-            if self.engine.group(id).ok().and_then(|g| g.leader()) == Some(NodeId(self.node_id())) {
-                leaders += 1;
+            if self
+                .engine
+                .group(id)
+                .is_ok_and(|g| g.status().role == Role::Leader)
+            {
+                leading_groups.push(id.0);
             }
         }
         let voter = self
@@ -1195,11 +1247,12 @@ impl Core {
             region: self.config.region.clone(),
             zone: self.config.zone.clone(),
             up: true,
-            shard_leaders: leaders,
+            shard_leaders: leading_groups.len() as u32,
             shard_replicas: replicas,
             controller_voter: voter,
             draining,
             since_last_answer_ms: None,
+            leading_groups,
         }
     }
 
@@ -1412,6 +1465,21 @@ impl Core {
         Ok(out)
     }
 
+    /// Clears `node`'s draining mark: it may take replicas and leaderships again. Replicas the
+    /// drain moved away stay where they are; the leader balancer gives the node its share of
+    /// leaderships back.
+    pub async fn undrain_node(&self, node: u64) -> Result<(), ServiceError> {
+        self.propose(
+            &ControllerCommand::SetNodeDraining {
+                id: node,
+                draining: false,
+            },
+            0,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Shard replicas the controller places on `node`, and how many of them some other node
     /// could take (a registered node that is not draining and holds no replica of the shard).
     fn replicas_placed_on(&self, node: u64) -> Result<(u32, u32), ServiceError> {
@@ -1486,6 +1554,7 @@ mod tests {
                 .collect(),
             mode: StreamMode::Provisioned,
             tags: BTreeMap::new(),
+            preferred_leader_region: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Liveness {
     /// When this node started leading in `term`.
     since: Instant,
     answered: HashMap<u64, Instant>,
+    /// The shard groups each node said it leads, in its last answer.
+    leading: HashMap<u64, Vec<u64>>,
 }
 
 impl Liveness {
@@ -50,6 +52,7 @@ impl Liveness {
             term: None,
             since: now,
             answered: HashMap::new(),
+            leading: HashMap::new(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Liveness {
             self.term = Some(term);
             self.since = now;
             self.answered.clear();
+            self.leading.clear();
         }
     }
 
@@ -67,6 +71,7 @@ impl Liveness {
     pub fn follow(&mut self) {
         self.term = None;
         self.answered.clear();
+        self.leading.clear();
     }
 
     pub fn leading(&self) -> bool {
@@ -75,6 +80,31 @@ impl Liveness {
 
     pub fn answered(&mut self, node: u64, at: Instant) {
         self.answered.insert(node, at);
+    }
+
+    /// Notes the shard groups `node` leads, from its answer to a probe.
+    pub fn leads(&mut self, node: u64, groups: Vec<u64>) {
+        self.leading.insert(node, groups);
+    }
+
+    /// The leader of each shard group, as the nodes that answered within `fresh` said. A group
+    /// two nodes claim (one of them has not noticed it lost the leadership) goes to the node
+    /// that answered last.
+    pub fn leaders(&self, now: Instant, fresh: Duration) -> HashMap<u64, u64> {
+        let mut by_answer: Vec<(Instant, u64)> = self
+            .answered
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) <= fresh)
+            .map(|(id, at)| (*at, *id))
+            .collect();
+        by_answer.sort();
+        let mut out = HashMap::new();
+        for (_, node) in by_answer {
+            for g in self.leading.get(&node).into_iter().flatten() {
+                out.insert(*g, node);
+            }
+        }
+        out
     }
 
     /// How long `node` has not answered, counted at the earliest from when this node started
@@ -208,17 +238,20 @@ async fn probe(core: &Core) {
                 .ok()
                 .flatten();
             // Another node now listening on the address does not count.
-            let alive = answer
+            let status = answer
                 .and_then(|a| a.into_inner().nodes.into_iter().next())
-                .is_some_and(|s| s.node_id == n.id);
-            (n.id, alive, Instant::now())
+                .filter(|s| s.node_id == n.id);
+            (n.id, status, Instant::now())
         });
     let answers = futures::future::join_all(probes).await;
+    let own = core.local_status().leading_groups;
     let mut liveness = core.liveness();
     liveness.answered(me, Instant::now());
-    for (id, alive, at) in answers {
-        if alive {
+    liveness.leads(me, own);
+    for (id, status, at) in answers {
+        if let Some(status) = status {
             liveness.answered(id, at);
+            liveness.leads(id, status.leading_groups);
         }
     }
 }

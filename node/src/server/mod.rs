@@ -13,6 +13,7 @@
 //! - retention: each shard leader trims records older than its stream's retention.
 
 pub mod api;
+mod balancer;
 pub mod core;
 pub mod liveness;
 pub mod membership;
@@ -186,6 +187,7 @@ impl Node {
             tokio::spawn(register(core.clone())),
             tokio::spawn(reconcile_loop(core.clone())),
             tokio::spawn(liveness::run(core.clone())),
+            tokio::spawn(balancer::run(core.clone())),
             tokio::spawn(membership::run(core.clone())),
             tokio::spawn(retention_loop(core.clone())),
         ];

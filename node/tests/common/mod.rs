@@ -59,6 +59,8 @@ impl TestCluster {
                     data_dir: dir.path().join(format!("node-{}", i + 1)),
                     zone: format!("zone-{i}"),
                     initial_cluster: initial.clone(),
+                    // Tests place leaders themselves; those of the balancer turn it on.
+                    leader_balance_interval_ms: 0,
                     ..NodeConfig::default()
                 };
                 tweak(&mut c);
@@ -164,6 +166,7 @@ impl TestCluster {
             stream_name: name.into(),
             shard_count: shards,
             retention_period_hours: 0,
+            ..Default::default()
         })
         .await
         .expect("create stream");

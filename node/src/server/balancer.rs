@@ -1,0 +1,136 @@
+//! The leader balancer, run by the controller's leader every `leader_balance_interval_ms`.
+//!
+//! It learns who leads each shard from the liveness probes ([`super::liveness`]), plans moves
+//! with [`crate::controller::balance::plan`] (to each stream's preferred leader region, off
+//! draining nodes, then evenly), and asks each shard's leader to hand over. A shard it moved
+//! is left alone for a few intervals, so that a move the probes have not seen yet is not planned
+//! again, and a move that failed (the target was still catching up, say) is retried later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use riptide_proto::{ShardId, v1};
+use riptide_raft::Role;
+
+use super::core::Core;
+use crate::controller::balance::{self, LeaderMove};
+
+/// Most leaderships one pass moves, so that a pass never becomes a transfer storm.
+const MAX_MOVES_PER_PASS: usize = 16;
+/// How long one handover may take before it counts as failed.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leaders are learnt from probe answers no older than this.
+const LEADERS_FRESH_WITHIN: Duration = Duration::from_secs(3);
+
+/// The balancing loop; every node runs it, only the controller's leader acts.
+pub(crate) async fn run(core: Arc<Core>) {
+    let interval = Duration::from_millis(core.config.leader_balance_interval_ms);
+    if interval.is_zero() {
+        return;
+    }
+    let mut stop = core.shutdown.clone();
+    // Groups moved recently, with when.
+    let mut recent: HashMap<u64, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let leading = core
+            .controller()
+            .is_ok_and(|g| g.status().role == Role::Leader);
+        if !leading {
+            recent.clear();
+            continue;
+        }
+        let cooldown = interval * 3;
+        recent.retain(|_, at| at.elapsed() < cooldown);
+        let moves = match plan(&core, &recent) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("leader balance pass: {e}");
+                continue;
+            }
+        };
+        if moves.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        for m in &moves {
+            recent.insert(m.group, now);
+        }
+        let handovers = moves.into_iter().map(|m| {
+            let core = &core;
+            async move {
+                let req = v1::TransferShardLeaderRequest {
+                    stream_name: m.stream.clone(),
+                    shard_id: ShardId(m.shard).to_string(),
+                    to_node: m.to,
+                };
+                let outcome =
+                    tokio::time::timeout(HANDOVER_TIMEOUT, core.transfer_shard_leader(req, 0))
+                        .await;
+                report(&m, outcome.map_err(|_| "timed out".to_string()));
+            }
+        });
+        tokio::select! {
+            _ = futures::future::join_all(handovers) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Plans one pass from what this node (the controller's leader) knows; nothing while it has
+/// not heard from every node yet.
+fn plan(
+    core: &Core,
+    recent: &HashMap<u64, Instant>,
+) -> Result<Vec<LeaderMove>, crate::error::ServiceError> {
+    let nodes = core.nodes()?;
+    let streams = core.streams()?;
+    let repair_after = Duration::from_millis(core.config.replica_repair_after_ms);
+    let liveness = core.liveness();
+    let now = Instant::now();
+    if !liveness.settled(&nodes, core.node_id(), now, repair_after) {
+        return Ok(Vec::new());
+    }
+    let health = liveness.health(&nodes, core.node_id(), now, repair_after);
+    let leaders = liveness.leaders(now, LEADERS_FRESH_WITHIN);
+    drop(liveness);
+    let skip = |g: u64| recent.contains_key(&g);
+    Ok(balance::plan(
+        &health,
+        &streams,
+        &leaders,
+        &skip,
+        MAX_MOVES_PER_PASS,
+    ))
+}
+
+fn report(m: &LeaderMove, outcome: Result<Result<(), crate::error::ServiceError>, String>) {
+    match outcome {
+        Ok(Ok(())) => tracing::info!(
+            stream = %m.stream,
+            shard = m.shard,
+            from = m.from,
+            to = m.to,
+            "moved a shard leadership: {}",
+            m.why.as_str()
+        ),
+        Ok(Err(e)) => tracing::debug!(
+            stream = %m.stream,
+            shard = m.shard,
+            from = m.from,
+            to = m.to,
+            "leadership move failed, retried later: {e}"
+        ),
+        Err(e) => tracing::debug!(
+            stream = %m.stream,
+            shard = m.shard,
+            from = m.from,
+            to = m.to,
+            "leadership move {e}, retried later"
+        ),
+    }
+}

@@ -1,0 +1,338 @@
+//! Where shard leaders live: a stream's preferred leader region pulls its leaders there (and
+//! back after a failover), the leader balancer spreads leaders piled on one node, and the CLI
+//! drains a whole region with progress and a summary, then undrains it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestCluster, eventually, shard_groups};
+use riptide_node::config::NodeConfig;
+use riptide_proto::ShardId;
+use riptide_proto::v1::admin_service_client::AdminServiceClient;
+use riptide_proto::v1::{self};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn balanced(c: &mut NodeConfig) {
+    c.leader_balance_interval_ms = 1_000;
+}
+
+/// One node per region: node 1 in region-0, node 2 in region-1, node 3 in region-2.
+fn region_per_node(c: &mut NodeConfig) {
+    balanced(c);
+    c.region = format!("region-{}", c.node_id - 1);
+}
+
+/// Leaders per node index, over `groups`; `None` while some group has no leader.
+fn leaders(cluster: &TestCluster, groups: &[u64]) -> Option<BTreeMap<usize, usize>> {
+    let mut out = BTreeMap::new();
+    for g in groups {
+        *out.entry(cluster.leader_of(*g)?).or_insert(0) += 1;
+    }
+    Some(out)
+}
+
+fn all_led_by(cluster: &TestCluster, groups: &[u64], index: usize) -> bool {
+    groups.iter().all(|g| cluster.leader_of(*g) == Some(index))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_leaders_follow_the_preferred_region_and_return_after_a_failover() {
+    let mut cluster = TestCluster::start(3, region_per_node).await;
+    let mut api = cluster.api(0).await;
+    api.create_stream(v1::CreateStreamRequest {
+        stream_name: "pref".into(),
+        shard_count: 4,
+        preferred_leader_region: "region-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let desc = common::wait_active(&mut api, "pref").await;
+    assert_eq!(desc.preferred_leader_region, "region-1");
+    let groups = shard_groups(cluster.node(0).expect("up"), "pref");
+
+    eventually(WAIT, "every leader in region-1 (node 2)", || async {
+        all_led_by(&cluster, &groups, 1)
+    })
+    .await;
+
+    // A new preference moves them.
+    api.update_preferred_leader_region(v1::UpdatePreferredLeaderRegionRequest {
+        stream_name: "pref".into(),
+        preferred_leader_region: "region-2".into(),
+    })
+    .await
+    .expect("update");
+    eventually(WAIT, "every leader in region-2 (node 3)", || async {
+        all_led_by(&cluster, &groups, 2)
+    })
+    .await;
+
+    // The region fails: its shards elect leaders elsewhere; when it is back, they return.
+    cluster.stop(2).await;
+    eventually(WAIT, "leaders elected outside region-2", || async {
+        groups
+            .iter()
+            .all(|g| matches!(cluster.leader_of(*g), Some(0 | 1)))
+    })
+    .await;
+    cluster.restart(2).await;
+    eventually(WAIT, "leaders back in region-2", || async {
+        all_led_by(&cluster, &groups, 2)
+    })
+    .await;
+
+    // Without a preference they spread: 4 shards over 3 nodes.
+    api.update_preferred_leader_region(v1::UpdatePreferredLeaderRegionRequest {
+        stream_name: "pref".into(),
+        preferred_leader_region: String::new(),
+    })
+    .await
+    .expect("clear");
+    eventually(WAIT, "leaders spread over every node", || async {
+        leaders(&cluster, &groups)
+            .is_some_and(|l| l.len() == 3 && l.values().all(|n| (1..=2).contains(n)))
+    })
+    .await;
+
+    // A region no node is in is refused, naming the field and the regions there are.
+    let err = api
+        .update_preferred_leader_region(v1::UpdatePreferredLeaderRegionRequest {
+            stream_name: "pref".into(),
+            preferred_leader_region: "region-9".into(),
+        })
+        .await
+        .expect_err("unknown region");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    for word in ["preferred_leader_region", "region-9", "region-0"] {
+        assert!(err.message().contains(word), "{word} missing: {err:?}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_piled_on_one_node_are_spread_evenly() {
+    // The balancer starts off, so that the pile is there to be seen before it acts.
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    cluster.create_active(0, "pile", 6).await;
+    let groups = shard_groups(cluster.node(0).expect("up"), "pile");
+    let mut admin = AdminServiceClient::connect(cluster.endpoint(0))
+        .await
+        .expect("connect");
+    for i in 0..6 {
+        admin
+            .transfer_shard_leader(v1::TransferShardLeaderRequest {
+                stream_name: "pile".into(),
+                shard_id: ShardId(i).to_string(),
+                to_node: 1,
+            })
+            .await
+            .expect("transfer");
+    }
+    eventually(WAIT, "every leader on node 1", || async {
+        all_led_by(&cluster, &groups, 0)
+    })
+    .await;
+    // Without the balancer they stay there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        all_led_by(&cluster, &groups, 0),
+        "leaders moved by themselves"
+    );
+
+    // Restart every node with the balancer on.
+    cluster.stop_all().await;
+    for c in &mut cluster.configs {
+        balanced(c);
+    }
+    cluster.restart_all().await;
+    for i in 0..6 {
+        // After the restart the leaders were elected anew; pile them up again.
+        let mut admin = AdminServiceClient::connect(cluster.endpoint(0))
+            .await
+            .expect("connect");
+        let _ = admin
+            .transfer_shard_leader(v1::TransferShardLeaderRequest {
+                stream_name: "pile".into(),
+                shard_id: ShardId(i).to_string(),
+                to_node: 1,
+            })
+            .await;
+    }
+    eventually(WAIT, "two leaders on each node", || async {
+        leaders(&cluster, &groups).is_some_and(|l| l.len() == 3 && l.values().all(|n| *n == 2))
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// Runs the `riptide` binary against the cluster; returns (success, stdout, stderr).
+fn riptide(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_riptide"))
+        .args(args)
+        .args(["--endpoint", endpoint])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run riptide");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drains_a_region_and_undrains_it() {
+    // Six nodes, two per region: nodes 5 and 6 are region-2.
+    let cluster = TestCluster::start(6, |c| {
+        balanced(c);
+        c.region = format!("region-{}", (c.node_id - 1) / 2);
+    })
+    .await;
+    cluster.create_active(0, "orders", 6).await;
+    let endpoint = cluster.endpoint(0);
+
+    let ep = endpoint.clone();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        riptide(
+            &ep,
+            &[
+                "cluster",
+                "drain",
+                "--region",
+                "region-2",
+                "--timeout-secs",
+                "90",
+                "--output",
+                "json",
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "drain failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("draining node 5"), "no progress: {stderr}");
+    assert!(stderr.contains("draining node 6"), "no progress: {stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("json summary");
+    assert_eq!(summary["complete"], true, "{summary}");
+    let nodes = summary["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{summary}");
+    for n in nodes {
+        assert_eq!(n["leaders"], 0, "{summary}");
+        assert_eq!(n["replicas_placed"], 0, "{summary}");
+        assert_eq!(n["copies_on_disk"], 0, "{summary}");
+    }
+
+    // The cluster agrees: no replica placed in region-2, and writes go on.
+    let mut api = cluster.api(0).await;
+    let desc = api
+        .describe_stream(v1::DescribeStreamRequest {
+            stream_name: "orders".into(),
+        })
+        .await
+        .expect("describe")
+        .into_inner()
+        .stream
+        .expect("stream");
+    for sh in &desc.shards {
+        assert!(
+            !sh.replicas.contains(&5) && !sh.replicas.contains(&6),
+            "{sh:?}"
+        );
+        assert_eq!(sh.replicas.len(), 3, "{sh:?}");
+    }
+    api.put_record(v1::PutRecordRequest {
+        stream_name: "orders".into(),
+        partition_key: "k".into(),
+        data: b"after the drain".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("put");
+
+    // Table output of the summary for people, for a drain that has nothing left to do.
+    let ep = endpoint.clone();
+    let (ok, stdout, _) =
+        tokio::task::spawn_blocking(move || riptide(&ep, &["cluster", "drain", "5"]))
+            .await
+            .expect("join");
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("LEADERS MOVED"), "{stdout}");
+    assert!(stdout.contains("drained 1 node"), "{stdout}");
+
+    // Undrain: the nodes may take replicas again; a new stream uses region-2.
+    let ep = endpoint.clone();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        riptide(&ep, &["cluster", "undrain", "--region", "region-2"])
+    })
+    .await
+    .expect("join");
+    assert!(ok, "undrain failed:\n{stdout}\n{stderr}");
+    let mut admin = AdminServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect");
+    let status = admin
+        .cluster_status(v1::ClusterStatusRequest { local_only: false })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.nodes.iter().all(|n| !n.draining), "{status:?}");
+    let fresh = cluster.create_active(0, "after", 6).await;
+    assert!(
+        fresh
+            .shards
+            .iter()
+            .all(|sh| sh.replicas.iter().any(|r| *r == 5 || *r == 6)),
+        "region-2 takes no replicas: {:?}",
+        fresh.shards
+    );
+
+    // A region nobody is in is refused with the regions there are.
+    let ep = endpoint.clone();
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        riptide(&ep, &["cluster", "drain", "--region", "region-7"])
+    })
+    .await
+    .expect("join");
+    assert!(!ok);
+    assert!(
+        stderr.contains("region-7") && stderr.contains("region-0"),
+        "{stderr}"
+    );
+
+    // transfer-leader reports where the leadership went and how long it took.
+    let desc = cluster.create_active(0, "moved", 1).await;
+    let shard = &desc.shards[0];
+    let to = *shard
+        .replicas
+        .iter()
+        .find(|r| **r != shard.leader)
+        .expect("another replica");
+    let ep = endpoint.clone();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        riptide(
+            &ep,
+            &[
+                "shard",
+                "transfer-leader",
+                "moved",
+                "0",
+                "--to",
+                &to.to_string(),
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "transfer failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("moving the leadership"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("is now led by node {to}")),
+        "{stdout}"
+    );
+    cluster.shutdown().await;
+}
