@@ -436,3 +436,59 @@ async fn a_drained_node_keeps_no_leader_and_no_replica() {
     );
     cluster.shutdown().await;
 }
+
+/// The controller's voters as node `i` sees them.
+fn controller_voters(cluster: &TestCluster, i: usize) -> BTreeSet<u64> {
+    let node = cluster.node(i).expect("node is up");
+    let ctl = node.engine().group(GroupId(0)).expect("controller group");
+    ctl.status().voters.iter().map(|v| v.0).collect()
+}
+
+/// Index of the node that leads the controller.
+fn controller_leader(cluster: &TestCluster) -> Option<usize> {
+    cluster.leader_of(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_controller_voter_is_replaced_so_the_metadata_survives_the_next_loss() {
+    // Nodes 1 to 3 vote in the controller; the others follow it as learners.
+    let mut cluster = start().await;
+    eventually(WAIT, "a controller leader", || async {
+        controller_leader(&cluster).is_some()
+    })
+    .await;
+    let leader = controller_leader(&cluster).expect("leader");
+    let original = controller_voters(&cluster, leader);
+    assert_eq!(original, BTreeSet::from([1, 2, 3]));
+    let lost: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    // One voter is lost for good: a learner takes its vote, from a region the staying voters
+    // are not in. Nodes 1 and 2 are region-0, node 3 region-1: losing node 3 leaves region-1
+    // and region-2 uncovered (node 4 wins on its id); losing node 1 or 2 leaves region-2.
+    let first = lost[0];
+    cluster.stop(first).await;
+    let lost_id = first as u64 + 1;
+    let expected = if lost_id == 3 { 4 } else { 5 };
+    eventually(WAIT, "a learner replaces the lost voter", || async {
+        let Some(l) = controller_leader(&cluster) else {
+            return false;
+        };
+        let v = controller_voters(&cluster, l);
+        v.len() == 3 && !v.contains(&lost_id) && v.contains(&expected)
+    })
+    .await;
+
+    // A second original voter is lost: the controller still has a majority and takes changes.
+    cluster.stop(lost[1]).await;
+    // The controller's leader counts a node as down after 3 s without an answer; from then on
+    // no new shard waits for it to form its group.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let via = (0..NODES)
+        .find(|i| cluster.is_up(*i))
+        .expect("a node is up");
+    let desc = tokio::time::timeout(WAIT, cluster.create_active(via, "after-loss", 2))
+        .await
+        .expect("the controller still takes a new stream");
+    assert_eq!(desc.shards.len(), 2);
+    cluster.shutdown().await;
+}

@@ -20,13 +20,16 @@ pub struct Candidate {
 
 /// Places `shards` shards with `replication` replicas each (fewer when there are fewer
 /// nodes) on `nodes`. Returns one list of node ids per shard, its first entry the node that
-/// forms the group (and so usually its first leader): a node of `preferred_leader_region` when
-/// the region has one.
+/// forms the group (and so usually its first leader): never a node of `down` while another
+/// is up (a group whose first replica is down never forms), and a node of
+/// `preferred_leader_region` when the region has one. Other replicas take nodes of `down` only
+/// when the region and zone rules leave nothing better.
 pub fn place(
     nodes: &[Candidate],
     shards: u32,
     replication: usize,
     preferred_leader_region: Option<&str>,
+    down: &BTreeSet<u64>,
 ) -> Vec<Vec<u64>> {
     let rf = replication.min(nodes.len());
     let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (n.id, n.load)).collect();
@@ -44,9 +47,11 @@ pub fn place(
                 .filter(|n| !chosen.iter().any(|c| c.id == n.id))
                 .min_by_key(|n| {
                     (
+                        chosen.is_empty() && down.contains(&n.id),
                         chosen.is_empty() && preferred_leader_region.is_some_and(|r| r != n.region),
                         regions.contains(n.region.as_str()),
                         zones.contains(&(n.region.as_str(), n.zone.as_str())),
+                        down.contains(&n.id),
                         load[&n.id],
                         // Rotate ties so that equal nodes take turns.
                         (n.id as usize + nodes.len() - s % nodes.len()) % nodes.len(),
@@ -105,7 +110,7 @@ mod tests {
             node(4, "us", "b"),
             node(5, "ap", "a"),
         ];
-        for replicas in place(&nodes, 10, 3, None) {
+        for replicas in place(&nodes, 10, 3, None, &BTreeSet::new()) {
             let regions: BTreeSet<_> = replicas
                 .iter()
                 .map(|id| nodes[*id as usize - 1].region.clone())
@@ -123,7 +128,7 @@ mod tests {
             node(4, "us", "b"),
             node(5, "ap", "a"),
         ];
-        let p = place(&nodes, 6, 3, Some("us"));
+        let p = place(&nodes, 6, 3, Some("us"), &BTreeSet::new());
         for replicas in &p {
             assert!(
                 [3, 4].contains(&replicas[0]),
@@ -138,18 +143,41 @@ mod tests {
         let firsts: BTreeSet<_> = p.iter().map(|r| r[0]).collect();
         assert_eq!(firsts.len(), 2, "both us nodes lead some shards: {p:?}");
         // A region without nodes changes nothing.
-        assert_eq!(place(&nodes, 6, 3, Some("sa")), place(&nodes, 6, 3, None));
+        assert_eq!(
+            place(&nodes, 6, 3, Some("sa"), &BTreeSet::new()),
+            place(&nodes, 6, 3, None, &BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_down_never_forms_a_group() {
+        let nodes = vec![node(1, "eu", "a"), node(2, "us", "a"), node(3, "ap", "a")];
+        let down = BTreeSet::from([2]);
+        let p = place(&nodes, 6, 3, Some("us"), &down);
+        for replicas in &p {
+            assert_ne!(replicas[0], 2, "{p:?}");
+            assert_eq!(
+                replicas.len(),
+                3,
+                "the down node still holds a replica: {p:?}"
+            );
+        }
+        // With a fourth node in its region, the down node is left out entirely.
+        let mut nodes = nodes;
+        nodes.push(node(4, "us", "b"));
+        let p = place(&nodes, 6, 3, None, &down);
+        assert!(p.iter().all(|r| !r.contains(&2)), "{p:?}");
     }
 
     #[test]
     fn small_clusters_get_fewer_replicas_and_even_load() {
         let nodes = vec![node(1, "r", "a"), node(2, "r", "a")];
-        let p = place(&nodes, 4, 3, None);
+        let p = place(&nodes, 4, 3, None, &BTreeSet::new());
         assert!(p.iter().all(|r| r.len() == 2));
         let nodes: Vec<_> = (1..=6)
             .map(|i| node(i, "r", &format!("z{}", i % 3)))
             .collect();
-        let p = place(&nodes, 6, 3, None);
+        let p = place(&nodes, 6, 3, None, &BTreeSet::new());
         let mut count = BTreeMap::new();
         for r in &p {
             for id in r {

@@ -3,7 +3,7 @@
 //! [`super::ControllerCommand::ReplaceReplica`]; the controller's state machine checks each
 //! move again when it applies it ([`replace_replica`]), so a stale move changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::placement::{self, Candidate};
 use super::{NodeInfo, StreamInfo};
@@ -129,6 +129,44 @@ pub fn plan(nodes: &[NodeHealth], streams: &[StreamInfo]) -> Plan {
     out
 }
 
+/// The controller group's voters after replacing each voter that is to be evacuated (silent
+/// past the repair time, draining) or no longer registered, by a usable node that follows the
+/// controller as a learner: a region the staying voters are not in first, then a zone, then
+/// the lowest id. A voter nobody can replace stays. `None` when nothing changes.
+pub fn controller_voters(
+    nodes: &[NodeHealth],
+    voters: &BTreeSet<u64>,
+    learners: &BTreeSet<u64>,
+) -> Option<BTreeSet<u64>> {
+    let by_id: HashMap<u64, &NodeHealth> = nodes.iter().map(|n| (n.info.id, n)).collect();
+    let leaves = |id: u64| by_id.get(&id).is_none_or(|n| n.evacuate);
+    let candidate = |n: &NodeHealth| Candidate {
+        id: n.info.id,
+        region: n.info.region.clone(),
+        zone: n.info.zone.clone(),
+        load: 0,
+    };
+    let mut out: BTreeSet<u64> = voters.clone();
+    for from in voters.iter().copied().filter(|v| leaves(*v)) {
+        let keep: Vec<Candidate> = out
+            .iter()
+            .filter(|v| !leaves(**v))
+            .filter_map(|v| by_id.get(v).map(|n| candidate(n)))
+            .collect();
+        let keep: Vec<&Candidate> = keep.iter().collect();
+        let candidates: Vec<Candidate> = nodes
+            .iter()
+            .filter(|n| n.usable && learners.contains(&n.info.id) && !out.contains(&n.info.id))
+            .map(candidate)
+            .collect();
+        if let Some(to) = placement::replacement(&candidates, &keep) {
+            out.remove(&from);
+            out.insert(to.id);
+        }
+    }
+    (out != *voters).then_some(out)
+}
+
 /// Applies a move to `stream` when it still makes sense, in place in the replica list (so the
 /// shard's other replicas keep their positions); says why not otherwise. `target` is the
 /// controller's record of node `to`.
@@ -168,8 +206,6 @@ pub fn replace_replica(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
     use crate::controller::{ShardInfo, StreamMode, StreamStatus};
 
@@ -229,6 +265,36 @@ mod tests {
             let target = nodes.iter().find(|n| n.info.id == m.to).map(|n| &n.info);
             replace_replica(s, m.created_ms, m.shard, m.from, m.to, target).expect("applies");
         }
+    }
+
+    #[test]
+    fn a_lost_controller_voter_is_replaced_by_a_learner_from_its_region() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        let mut nodes = six();
+        let voters = set(&[1, 3, 5]);
+        let learners = set(&[2, 4, 6]);
+        assert_eq!(controller_voters(&nodes, &voters, &learners), None);
+        // Node 3 (us) is lost: node 4, the other us node, takes its place.
+        nodes[2].usable = false;
+        nodes[2].evacuate = true;
+        assert_eq!(
+            controller_voters(&nodes, &voters, &learners),
+            Some(set(&[1, 4, 5]))
+        );
+        // Node 4 cannot take it either: a learner elsewhere does, the lowest id first.
+        nodes[3].usable = false;
+        assert_eq!(
+            controller_voters(&nodes, &voters, &learners),
+            Some(set(&[1, 2, 5]))
+        );
+        // Only learners are promoted; with none usable, the voter stays.
+        assert_eq!(controller_voters(&nodes, &voters, &set(&[4])), None);
+        // A voter that is no longer registered leaves too.
+        let nodes = six();
+        assert_eq!(
+            controller_voters(&nodes, &set(&[1, 3, 9]), &learners),
+            Some(set(&[1, 3, 6]))
+        );
     }
 
     #[test]

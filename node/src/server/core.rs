@@ -202,7 +202,7 @@ impl Core {
             let group = self.controller()?;
             let status = group.status();
             if status.role == Role::Leader {
-                match group.write(cmd.encode()).await {
+                match group.write(self.at_leader(cmd.clone()).encode()).await {
                     Ok(out) => return reply(&out.response),
                     // Refused before it was appended: look for the leader again.
                     Err(RaftError::NotLeader { .. }) if Instant::now() < deadline => {
@@ -268,7 +268,7 @@ impl Core {
         })?;
         let group = self.controller()?;
         if group.status().role == Role::Leader {
-            let out = group.write(cmd.encode()).await.map_err(|e| match e {
+            let out = group.write(self.at_leader(cmd).encode()).await.map_err(|e| match e {
                 RaftError::NotLeader { .. } => ServiceError::unavailable(
                     "the controller's leadership changed during the request; it may or may not have taken effect",
                 ),
@@ -365,6 +365,39 @@ impl Core {
                 ));
             }
         }
+        let placements = self.place_shards(
+            shard_count,
+            preferred_leader_region.as_deref(),
+            &BTreeSet::new(),
+        )?;
+        let cmd = ControllerCommand::CreateStream {
+            name: name.as_str().to_string(),
+            retention_hours,
+            created_ms: self.clock.now_ms(),
+            placements,
+            limits: CountLimits {
+                max_streams: limits.max_streams,
+                max_shards: limits.max_shards,
+            },
+            mode,
+            tags,
+            preferred_leader_region,
+        };
+        match self.propose(&cmd, 0).await? {
+            ControllerReply::Stream(s) => Ok(s),
+            ControllerReply::Done => Err(ServiceError::internal("controller gave no stream back")),
+        }
+    }
+
+    /// Placements for `shards` new shards over the registered nodes that take replicas (not
+    /// draining), by their current load; nodes in `down` never form a group while another
+    /// node can (see [`placement::place`]).
+    fn place_shards(
+        &self,
+        shards: u32,
+        preferred_leader_region: Option<&str>,
+        down: &BTreeSet<u64>,
+    ) -> Result<Vec<Vec<u64>>, ServiceError> {
         let mut load: BTreeMap<u64, usize> = BTreeMap::new();
         for s in self.streams()? {
             for sh in s.shards {
@@ -373,7 +406,6 @@ impl Core {
                 }
             }
         }
-        // Draining nodes take no new replicas.
         let candidates: Vec<Candidate> = self
             .nodes()?
             .into_iter()
@@ -390,28 +422,73 @@ impl Core {
                 "no node that takes replicas has registered with the controller (none yet, or all are draining); retry in a moment",
             ));
         }
-        let cmd = ControllerCommand::CreateStream {
-            name: name.as_str().to_string(),
+        Ok(placement::place(
+            &candidates,
+            shards,
+            REPLICATION,
+            preferred_leader_region,
+            down,
+        ))
+    }
+
+    /// What the controller's leader changes in a command before it commits it: a new stream's
+    /// placements are made again with what only the leader knows, which nodes are down, so
+    /// that no shard waits for a down node to form its group.
+    fn at_leader(&self, cmd: ControllerCommand) -> ControllerCommand {
+        let ControllerCommand::CreateStream {
+            name,
             retention_hours,
-            created_ms: self.clock.now_ms(),
-            placements: placement::place(
-                &candidates,
-                shard_count,
-                REPLICATION,
-                preferred_leader_region.as_deref(),
-            ),
-            limits: CountLimits {
-                max_streams: limits.max_streams,
-                max_shards: limits.max_shards,
-            },
+            created_ms,
+            placements,
+            limits,
             mode,
             tags,
             preferred_leader_region,
+        } = cmd
+        else {
+            return cmd;
         };
-        match self.propose(&cmd, 0).await? {
-            ControllerReply::Stream(s) => Ok(s),
-            ControllerReply::Done => Err(ServiceError::internal("controller gave no stream back")),
+        let down = self.down_nodes();
+        let placements = match down {
+            Some(down) if !down.is_empty() => self
+                .place_shards(
+                    placements.len() as u32,
+                    preferred_leader_region.as_deref(),
+                    &down,
+                )
+                .unwrap_or(placements),
+            _ => placements,
+        };
+        ControllerCommand::CreateStream {
+            name,
+            retention_hours,
+            created_ms,
+            placements,
+            limits,
+            mode,
+            tags,
+            preferred_leader_region,
         }
+    }
+
+    /// Registered nodes that have not answered the liveness probes lately, as the controller's
+    /// leader sees them; `None` on other nodes, or before the leader heard from every node.
+    fn down_nodes(&self) -> Option<BTreeSet<u64>> {
+        let nodes = self.nodes().ok()?;
+        let repair_after = Duration::from_millis(self.config.replica_repair_after_ms);
+        let liveness = self.liveness();
+        let now = Instant::now();
+        if !liveness.settled(&nodes, self.node_id(), now, repair_after) {
+            return None;
+        }
+        Some(
+            liveness
+                .health(&nodes, self.node_id(), now, repair_after)
+                .into_iter()
+                .filter(|h| !h.usable && !h.info.draining)
+                .map(|h| h.info.id)
+                .collect(),
+        )
     }
 
     pub async fn delete_stream(&self, name: &str) -> Result<(), ServiceError> {

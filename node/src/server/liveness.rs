@@ -302,7 +302,41 @@ async fn repair_pass(core: &Core, reported: &mut HashSet<(u64, u64)>) -> Result<
         };
         core.propose(&cmd, 0).await?;
     }
-    Ok(())
+    repair_controller(core, &health).await
+}
+
+/// How long one change of the controller's voters may take.
+const VOTER_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Replaces the controller's voters on nodes that are lost or draining by nodes that follow it
+/// as learners, so that the metadata survives the next loss too.
+async fn repair_controller(core: &Core, health: &[NodeHealth]) -> Result<(), ServiceError> {
+    let controller = core.controller()?;
+    let status = controller.status();
+    if status.role != Role::Leader {
+        return Ok(());
+    }
+    let ids = |s: &std::collections::BTreeSet<riptide_raft::NodeId>| {
+        s.iter()
+            .map(|n| n.0)
+            .collect::<std::collections::BTreeSet<u64>>()
+    };
+    let voters = ids(&status.voters);
+    let Some(new) = repair::controller_voters(health, &voters, &ids(&status.learners)) else {
+        return Ok(());
+    };
+    tracing::info!(
+        ?voters,
+        ?new,
+        "replacing the controller's lost or draining voters"
+    );
+    let set = new.iter().map(|id| riptide_raft::NodeId(*id)).collect();
+    match tokio::time::timeout(VOTER_CHANGE_TIMEOUT, controller.set_voters(set)).await {
+        Ok(r) => r.map_err(ServiceError::from),
+        Err(_) => Err(ServiceError::unavailable(
+            "changing the controller's voters timed out; retried on the next pass",
+        )),
+    }
 }
 
 #[cfg(test)]
