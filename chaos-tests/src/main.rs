@@ -82,8 +82,9 @@ struct DrillArgs {
     /// Shards of the drill stream.
     #[arg(long, default_value_t = 3)]
     shards: u32,
-    /// Producer tasks, one put in flight each.
-    #[arg(long, default_value_t = 4)]
+    /// Producer tasks, one put in flight each, spread over the shards round robin (each writes
+    /// only to its shard, so a shard without a leader stalls only its own producers).
+    #[arg(long, default_value_t = 6)]
     producers: usize,
     /// Puts per second per producer.
     #[arg(long, default_value_t = 50)]

@@ -59,7 +59,8 @@ impl Recorder {
 /// How hard the workload pushes.
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
-    /// Producer tasks, each with one put in flight.
+    /// Producer tasks, each with one put in flight, spread over the shards round robin; each
+    /// writes to its shard only.
     pub producers: usize,
     /// Puts per second per producer (at most; a slow put delays the next).
     pub rate_per_producer: u32,
@@ -72,7 +73,7 @@ pub struct WorkloadConfig {
 impl Default for WorkloadConfig {
     fn default() -> Self {
         Self {
-            producers: 4,
+            producers: 6,
             rate_per_producer: 50,
             keys_per_producer: 8,
             put_timeout: Duration::from_secs(15),
@@ -99,10 +100,17 @@ impl Workload {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for p in 0..config.producers {
+            let keys = keys_of_shard(
+                p,
+                p % shards.len().max(1),
+                shards.len(),
+                config.keys_per_producer,
+            );
             tasks.spawn(produce(
                 client.clone(),
                 stream.to_string(),
                 p,
+                keys,
                 config.clone(),
                 recorder.clone(),
                 stopped.clone(),
@@ -133,10 +141,24 @@ fn may_have_been_written(e: &ClientError) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) || e.is_retryable()
 }
 
+/// `n` partition keys of producer `producer` that all hash into shard `shard` of a stream of
+/// `shards` evenly split shards. Producers stick to one shard each, so that a shard without a
+/// leader stalls only its own producers and the outages measured for the other shards are
+/// theirs, not the wait of producers stuck on it.
+fn keys_of_shard(producer: usize, shard: usize, shards: usize, n: usize) -> Vec<String> {
+    let ranges = riptide_proto::split_hash_space(shards.max(1) as u32);
+    (0u64..)
+        .map(|i| format!("k{producer}-{i}"))
+        .filter(|k| riptide_proto::shard_for(&ranges, riptide_proto::hash_key_of(k)) == Some(shard))
+        .take(n.max(1))
+        .collect()
+}
+
 async fn produce(
     client: Client,
     stream: String,
     producer: usize,
+    keys: Vec<String>,
     config: WorkloadConfig,
     recorder: Arc<Recorder>,
     mut stopped: watch::Receiver<bool>,
@@ -148,7 +170,7 @@ async fn produce(
             return;
         }
         let id = format!("p{producer}-{n}");
-        let partition_key = format!("k{producer}-{}", n % config.keys_per_producer as u64);
+        let partition_key = keys[(n % keys.len() as u64) as usize].clone();
         let invoked_ms = recorder.now_ms();
         let put = client.put_record(&stream, &partition_key, id.clone().into_bytes());
         let result = tokio::time::timeout(config.put_timeout, put).await;
@@ -339,4 +361,22 @@ pub async fn read_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn a_producers_keys_all_hash_into_its_shard() {
+        let ranges = riptide_proto::split_hash_space(3);
+        for p in 0..6 {
+            let keys = keys_of_shard(p, p % 3, 3, 8);
+            assert_eq!(keys.len(), 8);
+            for k in &keys {
+                let shard = riptide_proto::shard_for(&ranges, riptide_proto::hash_key_of(k));
+                assert_eq!(shard, Some(p % 3), "{k}");
+            }
+        }
+    }
 }

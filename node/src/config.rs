@@ -64,12 +64,14 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimingProfile {
-    /// Nodes a few milliseconds apart: shards heartbeat every 100 ms and elect after 0.5 to
-    /// 1 s of silence; the controller every 50 ms, after 0.3 to 0.6 s.
+    /// Nodes a few milliseconds apart: shards heartbeat every 100 ms and elect after 1.5 to 2 s
+    /// of silence (the leader's lease, the election timeout's max of 1 s, plus a timeout of
+    /// 0.5 to 1 s); the controller every 50 ms, after 0.9 to 1.2 s.
     #[default]
     DataCentre,
-    /// Regions 50 to 150 ms apart: every group heartbeats every 250 ms and elects after 2 to
-    /// 4 s of silence, so that a slow round trip is not taken for a dead leader.
+    /// Regions 50 to 150 ms apart: every group heartbeats every 200 ms and elects after 2.5 to
+    /// 3 s of silence (the leader's lease of 1.5 s plus an election timeout of 1 to 1.5 s), so
+    /// that a slow round trip is not taken for a dead leader.
     CrossRegion,
 }
 
@@ -608,9 +610,9 @@ mod timing_tests {
                 shard.election_timeout_min_ms,
                 shard.election_timeout_max_ms
             ),
-            (250, 2000, 5000)
+            (200, 1000, 5000)
         );
-        assert_eq!(cross.controller().election_timeout_min_ms, 2000);
+        assert_eq!(cross.controller().election_timeout_min_ms, 1000);
     }
 
     #[test]
