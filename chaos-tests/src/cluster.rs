@@ -59,6 +59,8 @@ pub struct Topology {
     pub region_rtt_ms: u64,
     /// The nodes' `[timing] profile` ("data-centre" or "cross-region").
     pub timing_profile: String,
+    /// The nodes' `replica_repair_after_ms`; their default (5 minutes) when `None`.
+    pub replica_repair_after_ms: Option<u64>,
 }
 
 impl Topology {
@@ -190,9 +192,17 @@ impl Cluster {
             source,
         })?;
         let config = self.data.join("node.toml");
+        let repair = self
+            .topology
+            .replica_repair_after_ms
+            .map(|ms| format!("replica_repair_after_ms = {ms}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
-            format!("[timing]\nprofile = {:?}\n", self.topology.timing_profile),
+            format!(
+                "{repair}[timing]\nprofile = {:?}\n",
+                self.topology.timing_profile
+            ),
         )
         .map_err(|source| ClusterError::Process {
             node: id,

@@ -55,11 +55,14 @@ pub enum Scenario {
     Pause,
     /// Move shard leaders between replicas twice a second.
     TransferStorm,
+    /// kill -9 a shard's leader and keep it down until the controller has rebuilt its
+    /// replicas on the other nodes (at least two nodes per region; nodes repair after 5 s).
+    NodeLoss,
 }
 
 impl Scenario {
     /// Every scenario, in the order a full drill runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::LeaderKill,
         Scenario::Isolate,
         Scenario::OneWayCut,
@@ -67,6 +70,7 @@ impl Scenario {
         Scenario::RollingRestart,
         Scenario::Pause,
         Scenario::TransferStorm,
+        Scenario::NodeLoss,
     ];
 
     /// The scenario's name on the command line and in reports.
@@ -79,6 +83,7 @@ impl Scenario {
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Pause => "pause",
             Scenario::TransferStorm => "transfer-storm",
+            Scenario::NodeLoss => "node-loss",
         }
     }
 
@@ -162,25 +167,26 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
         source,
     })?;
     let recorder = Recorder::new();
+    let mut topology = opts.topology.clone();
+    if scenario == Scenario::NodeLoss {
+        // The lost node's replicas need nodes that hold none of its shards, in its region.
+        topology.nodes_per_region = topology.nodes_per_region.max(2);
+        topology.replica_repair_after_ms = Some(NODE_LOSS_REPAIR_AFTER.as_millis() as u64);
+    }
     say(
         &recorder,
         scenario,
         format!(
             "starting {} nodes in {} regions ({} ms round trip between regions)",
-            opts.topology.nodes(),
-            opts.topology.regions,
-            opts.topology.region_rtt_ms
+            topology.nodes(),
+            topology.regions,
+            topology.region_rtt_ms
         ),
     );
-    let mut cluster = Cluster::start(
-        opts.topology.clone(),
-        &opts.bin,
-        opts.proxy_bin.as_deref(),
-        &dir,
-    )?;
+    let mut cluster = Cluster::start(topology.clone(), &opts.bin, opts.proxy_bin.as_deref(), &dir)?;
     cluster.wait_listening(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
-    let shards = create_stream(&client, opts.shards, opts.topology.nodes()).await?;
+    let shards = create_stream(&client, opts.shards, topology.nodes()).await?;
     say(
         &recorder,
         scenario,
@@ -458,6 +464,34 @@ async fn inject(
             cluster.resume(leader)?;
             recorder.fault("pause", &format!("node {leader} (leader of {shard})"), t0);
         }
+        Scenario::NodeLoss => {
+            let (shard, leader, replicas) = leader_of(client, 0).await?;
+            let t0 = recorder.now_ms();
+            cluster.kill(leader)?;
+            say(
+                recorder,
+                scenario,
+                format!(
+                    "kill -9 node {leader} (leader of {shard}); it stays down until its replicas are rebuilt"
+                ),
+            );
+            let took = wait_repaired(cluster, client, leader, replicas.len()).await?;
+            say(
+                recorder,
+                scenario,
+                format!(
+                    "every shard back to {} replicas in distinct regions, copies on disk, {:.1} s after the kill ({} s of it waiting for replica_repair_after_ms)",
+                    replicas.len(),
+                    took.as_secs_f64(),
+                    NODE_LOSS_REPAIR_AFTER.as_secs()
+                ),
+            );
+            recorder.fault(
+                "node-loss",
+                &format!("node {leader} (leader of {shard})"),
+                t0,
+            );
+        }
         Scenario::TransferStorm => {
             let t0 = recorder.now_ms();
             let storm_end = Instant::now() + hold * 2;
@@ -492,6 +526,53 @@ async fn inject(
         }
     }
     Ok(())
+}
+
+/// How long node-loss's nodes wait before they rebuild a silent node's replicas elsewhere.
+const NODE_LOSS_REPAIR_AFTER: Duration = Duration::from_secs(5);
+/// How long node-loss waits for the repair to finish.
+const NODE_LOSS_REPAIR_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Waits until no shard is placed on `lost`, every shard has as many replicas as before in as
+/// many distinct regions, and the nodes that are up hold a copy of every placed replica.
+/// Returns how long that took.
+async fn wait_repaired(
+    cluster: &Cluster,
+    client: &Client,
+    lost: u64,
+    replicas_per_shard: usize,
+) -> Result<Duration, ClusterError> {
+    let started = Instant::now();
+    let topology = cluster.topology().clone();
+    loop {
+        let shards = shard_leaders(client, STREAM).await?;
+        let placed_ok = shards.iter().all(|(_, leader, replicas)| {
+            let regions: std::collections::BTreeSet<String> =
+                replicas.iter().map(|r| topology.region_of(*r)).collect();
+            *leader != 0
+                && !replicas.contains(&lost)
+                && replicas.len() == replicas_per_shard
+                && regions.len() == replicas_per_shard.min(topology.regions)
+        });
+        let copies: u32 = match client.cluster_status().await {
+            Ok(status) => status
+                .nodes
+                .iter()
+                .filter(|n| n.up && n.node_id != lost)
+                .map(|n| n.shard_replicas)
+                .sum(),
+            Err(_) => 0,
+        };
+        if placed_ok && copies as usize == shards.len() * replicas_per_shard {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > NODE_LOSS_REPAIR_DEADLINE {
+            return Err(ClusterError::Timeout(format!(
+                "node {lost}'s replicas were not rebuilt within {NODE_LOSS_REPAIR_DEADLINE:?}: placements {shards:?}, copies on the nodes up {copies}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The drills table, in Markdown.

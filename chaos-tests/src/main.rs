@@ -186,6 +186,7 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
             nodes_per_region: args.nodes_per_region,
             region_rtt_ms: args.region_rtt_ms,
             timing_profile: args.timing_profile.clone(),
+            replica_repair_after_ms: None,
         },
         shards: args.shards,
         workload: WorkloadConfig {

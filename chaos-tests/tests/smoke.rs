@@ -46,6 +46,7 @@ async fn smoke_drill_loses_nothing() {
             nodes_per_region: 1,
             region_rtt_ms: 0,
             timing_profile: "data-centre".into(),
+            replica_repair_after_ms: None,
         },
         shards: 3,
         workload: WorkloadConfig {
