@@ -245,6 +245,16 @@ async fn the_cli_drains_a_region_and_undrains_it() {
         );
         assert_eq!(sh.replicas.len(), 3, "{sh:?}");
     }
+    // Node 1 holds only some of the shards; it names the leaders of the others too.
+    let elsewhere = desc
+        .shards
+        .iter()
+        .filter(|sh| !sh.replicas.contains(&1))
+        .count();
+    assert!(elsewhere > 0, "node 1 holds every shard: {:?}", desc.shards);
+    for sh in &desc.shards {
+        assert!(sh.replicas.contains(&sh.leader), "no leader named: {sh:?}");
+    }
     api.put_record(v1::PutRecordRequest {
         stream_name: "orders".into(),
         partition_key: "k".into(),

@@ -110,7 +110,7 @@ impl StreamService for Api {
         let core = self.core()?;
         let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::DescribeStreamResponse {
-            stream: Some(core.describe(&s)),
+            stream: Some(core.describe_with_leaders(&s).await),
         })
     }
 
@@ -135,7 +135,7 @@ impl StreamService for Api {
         let core = self.core()?;
         let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::ListShardsResponse {
-            shards: core.describe(&s).shards,
+            shards: core.describe_with_leaders(&s).await.shards,
         })
     }
 

@@ -733,6 +733,70 @@ impl Core {
         }
     }
 
+    /// [`Core::describe`], with the leaders of the shards this node holds no replica of filled
+    /// in: their replicas' nodes are asked which groups they lead (one status call per node,
+    /// concurrently, 500 ms at most). A shard whose replicas do not answer keeps leader 0.
+    pub async fn describe_with_leaders(&self, s: &StreamInfo) -> v1::StreamDescription {
+        let mut desc = self.describe(s);
+        let unknown: Vec<&ShardInfo> = s
+            .shards
+            .iter()
+            .zip(&desc.shards)
+            .filter(|(sh, d)| d.leader == 0 && self.engine.group(GroupId(sh.group)).is_err())
+            .map(|(sh, _)| sh)
+            .collect();
+        if unknown.is_empty() {
+            return desc;
+        }
+        let ask: BTreeSet<u64> = unknown
+            .iter()
+            .flat_map(|sh| sh.replicas.iter().copied())
+            .filter(|id| *id != self.node_id())
+            .collect();
+        let Ok(nodes) = self.nodes() else {
+            return desc;
+        };
+        let calls = nodes
+            .into_iter()
+            .filter(|n| ask.contains(&n.id))
+            .map(|n| async move {
+                let call = async {
+                    let mut req =
+                        tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
+                    req.set_timeout(Duration::from_millis(500));
+                    self.peers
+                        .admin(&n.address)
+                        .ok()?
+                        .cluster_status(req)
+                        .await
+                        .ok()
+                };
+                let status = tokio::time::timeout(Duration::from_millis(500), call)
+                    .await
+                    .ok()
+                    .flatten()?
+                    .into_inner()
+                    .nodes
+                    .into_iter()
+                    .next()?;
+                (status.node_id == n.id).then_some((n.id, status.leading_groups))
+            });
+        let mut leader_of: HashMap<u64, u64> = HashMap::new();
+        for (node, groups) in futures::future::join_all(calls).await.into_iter().flatten() {
+            for g in groups {
+                leader_of.insert(g, node);
+            }
+        }
+        for (sh, d) in s.shards.iter().zip(desc.shards.iter_mut()) {
+            if d.leader == 0
+                && let Some(l) = leader_of.get(&sh.group)
+            {
+                d.leader = *l;
+            }
+        }
+        desc
+    }
+
     fn shard<'a>(&self, s: &'a StreamInfo, id: &str) -> Result<&'a ShardInfo, ServiceError> {
         let shard: ShardId = id.parse()?;
         s.shards.get(shard.0 as usize).ok_or_else(|| {
