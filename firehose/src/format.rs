@@ -136,7 +136,8 @@ pub fn compress(compression: Compression, plain: &[u8]) -> Result<Vec<u8>, std::
     }
 }
 
-/// Undoes [`compress`] (used by `riptide-firehose` users' checks and the tests).
+/// Undoes [`compress`].
+#[cfg(test)]
 pub fn decompress(compression: Compression, bytes: &[u8]) -> Result<Vec<u8>, std::io::Error> {
     use std::io::Read;
     let mut out = Vec::new();

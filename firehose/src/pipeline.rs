@@ -129,6 +129,7 @@ impl Cutter {
         })
     }
 
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.items.len()
     }

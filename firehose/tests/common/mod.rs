@@ -61,7 +61,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -168,10 +171,17 @@ impl Cluster {
     /// Creates a stream and waits until it takes records.
     pub async fn stream(&self, name: &str, shards: u32) -> Client {
         let client = self.client().await;
-        client
-            .create_stream(name, shards, None)
-            .await
-            .expect("create stream");
+        // A new cluster takes streams once its nodes have registered with the controller.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.create_stream(name, shards, None).await {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => panic!("create stream {name}: {e}"),
+            }
+        }
         client
             .wait_for_active(name, Duration::from_secs(60))
             .await
@@ -185,7 +195,11 @@ pub async fn write_records(client: &Client, stream: &str, ids: std::ops::Range<u
     let producer = client.producer(stream, ProducerConfig::default());
     let mut acks = Vec::new();
     for id in ids {
-        let data = format!(r#"{{"id":{id},"customer_id":"c{}","pad":"{}"}}"#, id % 5, "x".repeat(40));
+        let data = format!(
+            r#"{{"id":{id},"customer_id":"c{}","pad":"{}"}}"#,
+            id % 5,
+            "x".repeat(40)
+        );
         acks.push(producer.send(format!("key-{id}"), data));
         if acks.len() >= 5_000 {
             for ack in futures::future::join_all(acks.drain(..)).await {
@@ -216,9 +230,20 @@ pub fn count_ids<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> HashMap<u64
 
 /// Asserts that every id of `0..n` appears exactly once (`at_least_once`: at least once).
 pub fn assert_ids(what: &str, counts: &HashMap<u64, u32>, n: u64, at_least_once: bool) {
-    let missing: Vec<u64> = (0..n).filter(|i| !counts.contains_key(i)).take(10).collect();
-    assert!(missing.is_empty(), "{what}: records missing, e.g. {missing:?}");
-    let extra: Vec<u64> = counts.keys().filter(|i| **i >= n).copied().take(10).collect();
+    let missing: Vec<u64> = (0..n)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: records missing, e.g. {missing:?}"
+    );
+    let extra: Vec<u64> = counts
+        .keys()
+        .filter(|i| **i >= n)
+        .copied()
+        .take(10)
+        .collect();
     assert!(extra.is_empty(), "{what}: unknown records {extra:?}");
     if !at_least_once {
         let doubled: Vec<(u64, u32)> = counts
@@ -227,7 +252,10 @@ pub fn assert_ids(what: &str, counts: &HashMap<u64, u32>, n: u64, at_least_once:
             .map(|(i, c)| (*i, *c))
             .take(10)
             .collect();
-        assert!(doubled.is_empty(), "{what}: records delivered more than once: {doubled:?}");
+        assert!(
+            doubled.is_empty(),
+            "{what}: records delivered more than once: {doubled:?}"
+        );
     }
 }
 
@@ -351,14 +379,18 @@ impl Postgres {
         );
         let pg = Postgres { proc, port, dir };
         let url = pg.url();
-        wait_for("postgres to accept connections", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .is_ok()
-            }
-        })
+        wait_for(
+            "postgres to accept connections",
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
         .await;
         pg
     }
