@@ -142,7 +142,7 @@ enum ShardSink {
         layout: Arc<Layout>,
     },
     Postgres {
-        pg: PgSink,
+        pg: Box<PgSink>,
         checkpoint: Option<SequenceNumber>,
     },
     Http {
@@ -339,14 +339,14 @@ fn shard_sink(shared: &Shared, shard: ShardId) -> ShardSink {
             checkpoint_table,
             error_table,
         } => ShardSink::Postgres {
-            pg: PgSink::new(
+            pg: Box::new(PgSink::new(
                 url,
                 &shared.delivery.name,
                 table,
                 columns,
                 checkpoint_table,
                 error_table.as_deref(),
-            ),
+            )),
             checkpoint: None,
         },
     }

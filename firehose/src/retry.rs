@@ -46,7 +46,7 @@ impl<'a> Retrier<'a> {
     pub fn wait(&mut self, error: &dyn Display) -> impl Future<Output = bool> + Send + use<> {
         self.attempt += 1;
         let wait = backoff(self.attempt, jitter());
-        let retry = !self.deadline.is_some_and(|d| Instant::now() + wait >= d);
+        let retry = self.deadline.is_none_or(|d| Instant::now() + wait < d);
         if !retry {
             tracing::warn!(
                 what = self.what,

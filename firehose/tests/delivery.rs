@@ -1,5 +1,10 @@
 //! The daemon against a real cluster and real destinations: a directory, moto's S3-compatible
 //! server, PostgreSQL and an HTTP endpoint (see common/ for the fixtures).
+//!
+//! Each test holds `serial()` for its whole run so that the heavy tests take turns on the
+//! machine's cores; every test has its own runtime, so holding that lock across awaits blocks
+//! nothing but the other tests.
+#![allow(clippy::await_holding_lock)]
 
 mod common;
 
