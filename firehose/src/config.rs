@@ -414,11 +414,13 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
                 | StartingPosition::Latest
                 | StartingPosition::AtTimestamp(_),
             ) => {}
-            Ok(_) => p(
+            _ => p(
                 k("start"),
-                "must be trim-horizon, latest or timestamp:MS".into(),
+                format!(
+                    "must be trim-horizon, latest or timestamp:MS (milliseconds since the epoch), got {:?}",
+                    d.start
+                ),
             ),
-            Err(e) => p(k("start"), e.message.clone()),
         }
         if !(d.buffer.size_mib > 0.0 && d.buffer.size_mib <= 128.0) {
             p(
