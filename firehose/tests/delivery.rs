@@ -779,3 +779,109 @@ destination = {{ kind = "directory", path = "{d}/out" }}
         (0..1_000).filter(|i| i % 10 == 1).collect::<Vec<u64>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_rows_checkpoints_and_error_table_commit_together() {
+    let _serial = serial();
+    let cluster = Cluster::start().await;
+    let client = cluster.stream("events", 2).await;
+    let pg = Postgres::start().await;
+    let pgc = pg.client().await;
+    pgc.batch_execute(
+        "CREATE TABLE events (id bigint NOT NULL, customer text, arrived timestamptz NOT NULL, \
+         shard text NOT NULL, seq text NOT NULL, key text NOT NULL)",
+    )
+    .await
+    .expect("create table");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+endpoints = ["{ep}"]
+state_dir = "{d}/state"
+
+[[delivery]]
+name = "to-pg"
+stream = "events"
+buffer = {{ size_mib = 1, interval_seconds = 0.5 }}
+[delivery.destination]
+kind = "postgres"
+url = "{pg}"
+table = "events"
+columns = [
+  {{ name = "id", from = "field:id" }},
+  {{ name = "customer", from = "field:customer_id" }},
+  {{ name = "arrived", from = "arrival_timestamp" }},
+  {{ name = "shard", from = "shard" }},
+  {{ name = "seq", from = "sequence_number" }},
+  {{ name = "key", from = "partition_key" }},
+]
+"#,
+        ep = cluster.endpoint,
+        pg = pg.url(),
+    );
+    let mut daemon = Daemon::start(dir.path(), &config);
+    write_records(&client, "events", 0..1_000).await;
+    let bad: Vec<Vec<u8>> = (0..10)
+        .map(|i| format!("not json {i}").into_bytes())
+        .collect();
+    write_exact(&client, "events", &bad).await;
+    let errors = || async {
+        pgc.query_one("SELECT count(*) FROM events_errors", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    wait_for(
+        "1,000 rows and 10 errors",
+        Duration::from_secs(60),
+        || async { pg_rows(&pgc).await >= 1_000 && errors().await >= 10 },
+    )
+    .await;
+    assert!(
+        daemon.stop(),
+        "the daemon did not stop cleanly:\n{}",
+        daemon.logs()
+    );
+    assert_ids("postgres", &pg_counts(&pgc).await, 1_000, false);
+    let row = pgc
+        .query_one("SELECT customer, shard, key FROM events WHERE id = 7", &[])
+        .await
+        .expect("row 7");
+    assert_eq!(row.get::<_, String>(0), "c2");
+    assert!(row.get::<_, String>(1).starts_with("shardId-"));
+    assert_eq!(row.get::<_, String>(2), "key-7");
+    let failed = pgc
+        .query(
+            "SELECT error_code, error_message, raw_data FROM events_errors ORDER BY raw_data",
+            &[],
+        )
+        .await
+        .expect("error rows");
+    assert_eq!(failed.len(), 10);
+    for (i, r) in failed.iter().enumerate() {
+        assert_eq!(r.get::<_, String>(0), "FormatMismatch");
+        assert!(r.get::<_, String>(1).contains("not a JSON object"));
+        assert_eq!(r.get::<_, Vec<u8>>(2), format!("not json {i}").into_bytes());
+    }
+    // Each shard's checkpoint is the newest sequence number in the table or the error table.
+    let checkpoints = pgc
+        .query(
+            "SELECT c.shard_id, c.sequence_number, greatest( \
+               (SELECT max(seq) FROM events e WHERE e.shard = c.shard_id), \
+               (SELECT max(sequence_number) FROM events_errors x WHERE x.shard_id = c.shard_id)) \
+             FROM riptide_firehose_checkpoints c WHERE c.delivery = 'to-pg'",
+            &[],
+        )
+        .await
+        .expect("checkpoints");
+    assert_eq!(checkpoints.len(), 2, "one checkpoint per shard");
+    for r in checkpoints {
+        assert_eq!(
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            "checkpoint of {}",
+            r.get::<_, String>(0)
+        );
+    }
+}
