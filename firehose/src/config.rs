@@ -568,7 +568,63 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
     }
+    check_overlaps(config, &mut p);
     problems
+}
+
+/// Where an object destination lists on start: the store and the heads of its prefixes.
+fn listing_area(d: &Delivery) -> Option<(String, Vec<String>)> {
+    let (store, prefix, error_prefix) = match &d.destination {
+        Destination::Directory {
+            path,
+            prefix,
+            error_prefix,
+        } => (format!("dir:{}", path.display()), prefix, error_prefix),
+        Destination::S3 {
+            bucket,
+            endpoint,
+            prefix,
+            error_prefix,
+            ..
+        } => (
+            format!("s3:{}/{bucket}", endpoint.as_deref().unwrap_or("")),
+            prefix,
+            error_prefix,
+        ),
+        _ => return None,
+    };
+    let head = Template::parse(prefix).ok()?.static_head().to_string();
+    Some((store, vec![head, error_prefix.clone()]))
+}
+
+/// Two deliveries of one stream must not share where they list: each would take the other's
+/// objects for its own when finding where it left off.
+fn check_overlaps(config: &Config, p: &mut dyn FnMut(String, String)) {
+    let areas: Vec<Option<(String, Vec<String>)>> =
+        config.deliveries.iter().map(listing_area).collect();
+    for (j, b) in config.deliveries.iter().enumerate() {
+        for (i, a) in config.deliveries.iter().enumerate().take(j) {
+            let (Some((store_a, heads_a)), Some((store_b, heads_b))) = (&areas[i], &areas[j])
+            else {
+                continue;
+            };
+            let overlap = heads_a.iter().any(|x| {
+                heads_b
+                    .iter()
+                    .any(|y| x.starts_with(y.as_str()) || y.starts_with(x.as_str()))
+            });
+            if a.stream == b.stream && store_a == store_b && overlap {
+                p(
+                    format!("delivery[{j}].destination.prefix"),
+                    format!(
+                        "delivery {:?} writes stream {:?} to the same place as delivery {:?}: \
+                         give each its own prefix and error_prefix, neither starting with the other's",
+                        b.name, b.stream, a.name
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn validate_format(f: &Format, k: &dyn Fn(&str) -> String, p: &mut dyn FnMut(String, String)) {
@@ -722,6 +778,46 @@ mod tests {
         "#;
         let e = parse(text).expect_err("unknown key");
         assert!(e.contains("size_mb"), "{e}");
+    }
+
+    #[test]
+    fn two_deliveries_of_a_stream_must_not_share_a_listing() {
+        let text = r#"
+            [[delivery]]
+            name = "raw"
+            stream = "orders"
+            destination = { kind = "directory", path = "out" }
+            [[delivery]]
+            name = "json"
+            stream = "orders"
+            format = { kind = "json-lines" }
+            destination = { kind = "directory", path = "out", prefix = "json/", error_prefix = "json-errors/" }
+            [[delivery]]
+            name = "other-stream"
+            stream = "payments"
+            destination = { kind = "directory", path = "out" }
+        "#;
+        let found = problems(text);
+        // "raw" lists the whole folder ("{stream}/" has no fixed head): it overlaps "json".
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("delivery[1].destination.prefix:")),
+            "{found:#?}"
+        );
+        assert!(
+            !found.iter().any(|p| p.starts_with("delivery[2]")),
+            "{found:#?}"
+        );
+        let fixed = text.replace(
+            r#"destination = { kind = "directory", path = "out" }
+            [[delivery]]
+            name = "json""#,
+            r#"destination = { kind = "directory", path = "out", prefix = "raw/", error_prefix = "raw-errors/" }
+            [[delivery]]
+            name = "json""#,
+        );
+        assert_eq!(problems(&fixed), Vec::<String>::new());
     }
 
     #[test]

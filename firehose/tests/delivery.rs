@@ -162,7 +162,12 @@ destination = {{ kind = "http", url = "{http}", error_directory = "{d}/http-erro
         )
         .await;
         daemon.kill();
-        eprintln!("kill {kill} after {:?}", started.elapsed());
+        let rows = pg_rows(&pgc).await;
+        eprintln!(
+            "kill {kill} after {:?}, {rows} rows in postgres",
+            started.elapsed()
+        );
+        assert!(rows < N, "kill {kill} came after the delivery had finished");
         daemon.restart();
     }
     writer.await.expect("writer task");

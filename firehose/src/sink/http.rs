@@ -90,6 +90,7 @@ impl HttpSink {
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("X-Amz-Firehose-Request-Id", request_id)
+            .header("X-Amz-Firehose-Protocol-Version", "1.0")
             .body(request_body(request_id, now, items));
         if let Some(key) = &self.access_key {
             req = req.header("X-Amz-Firehose-Access-Key", key);
