@@ -226,6 +226,12 @@ destination = {{ kind = "http", url = "{http}", error_directory = "{d}/http-erro
             .all(|(k, _)| k.starts_with("events/20")),
         "s3 keys are not under events/YYYY/..."
     );
+    // The restarts removed the temporary files the kills left.
+    let temps: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with('.')))
+        .collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
     // Nothing went to the error outputs.
     assert!(read_tree(&dir.path().join("http-errors")).is_empty());
     assert!(!out.join("errors").exists());

@@ -156,7 +156,22 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError
 /// left out.
 fn list_files(root: &Path, folder: &str) -> Result<Vec<String>, StoreError> {
     let mut keys = Vec::new();
-    let mut todo = vec![root.join(folder)];
+    walk(&root.join(folder), &mut |path, name| {
+        if !name.starts_with('.')
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            keys.push(
+                rel.to_string_lossy()
+                    .replace(std::path::MAIN_SEPARATOR, "/"),
+            );
+        }
+    })?;
+    Ok(keys)
+}
+
+/// Calls `f` with the path and file name of every file under `dir`.
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &str)) -> Result<(), StoreError> {
+    let mut todo = vec![dir.to_path_buf()];
     while let Some(dir) = todo.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -166,21 +181,45 @@ fn list_files(root: &Path, folder: &str) -> Result<Vec<String>, StoreError> {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
             let kind = entry.file_type().map_err(io_err(&path))?;
             if kind.is_dir() {
                 todo.push(path);
-            } else if let Ok(rel) = path.strip_prefix(root) {
-                keys.push(
-                    rel.to_string_lossy()
-                        .replace(std::path::MAIN_SEPARATOR, "/"),
-                );
+            } else {
+                f(&path, &entry.file_name().to_string_lossy());
             }
         }
     }
-    Ok(keys)
+    Ok(())
+}
+
+/// The object name inside a temporary file name `.<name>.<pid>.tmp`.
+fn temp_target(file_name: &str) -> Option<&str> {
+    let inner = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, pid) = inner.rsplit_once('.')?;
+    pid.bytes().all(|b| b.is_ascii_digit()).then_some(name)
+}
+
+/// Removes the temporary files a crash left under `root/folder` for objects that `ours`
+/// accepts (those of one stream's shard: no other writer makes them).
+fn remove_stale_temps(
+    root: &Path,
+    folder: &str,
+    ours: &dyn Fn(&str) -> bool,
+) -> Result<usize, StoreError> {
+    let mut stale = Vec::new();
+    walk(&root.join(folder), &mut |path, name| {
+        if temp_target(name).is_some_and(ours) {
+            stale.push(path.to_path_buf());
+        }
+    })?;
+    for path in &stale {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    Ok(stale.len())
 }
 
 /// An object destination's naming: its prefix template, error prefix and format.
@@ -201,6 +240,19 @@ impl Layout {
     ) -> Result<Option<ResumePoint>, StoreError> {
         let mut found: Vec<Found> = Vec::new();
         for head in [self.prefix.static_head(), self.error_prefix.as_str()] {
+            if let Store::Directory(root) = store {
+                let (root, stream) = (root.clone(), self.stream.clone());
+                let folder = head.rfind('/').map_or("", |i| &head[..i]).to_string();
+                let removed = tokio::task::spawn_blocking(move || {
+                    remove_stale_temps(&root, &folder, &|name| {
+                        naming::parse_key(name, &stream, shard).is_some()
+                    })
+                })
+                .await??;
+                if removed > 0 {
+                    tracing::info!(shard = %shard, removed, "removed temporary files left by a crash");
+                }
+            }
             for key in store.list(head).await? {
                 if let Some(f) = naming::parse_key(&key, &self.stream, shard) {
                     found.push(f);
@@ -295,6 +347,9 @@ mod tests {
             .await
             .expect("put");
         std::fs::write(dir.path().join("orders/2024/.a-2.tmp"), b"partial").expect("write");
+        assert_eq!(temp_target(".a-2.77.tmp"), Some("a-2"));
+        assert_eq!(temp_target(".a-2.tmp"), None);
+        assert_eq!(temp_target("a-2.77.tmp"), None);
         let keys = store.list("orders/").await.expect("list");
         assert_eq!(keys, vec!["orders/2024/a-1".to_string()]);
         assert_eq!(
@@ -342,11 +397,24 @@ mod tests {
                 .key
                 .starts_with("orders/a/orders-shardId-000000000002-")
         );
-        // Only the first object made it before a crash: the batch is repeated to its end.
+        // Only the first object made it before a crash, and the second was half written:
+        // the batch is repeated to its end, and the half-written file is removed.
         store
             .put(&objects[0].key, objects[0].bytes.clone())
             .await
             .expect("put");
+        let half = objects[1].key.rsplit_once('/').expect("folder");
+        let temp = dir
+            .path()
+            .join(half.0)
+            .join(format!(".{}.12345.tmp", half.1));
+        std::fs::create_dir_all(temp.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&temp, b"half").expect("write");
+        let other = dir
+            .path()
+            .join(half.0)
+            .join(".orders-shardId-000000000009-x.1.tmp");
+        std::fs::write(&other, b"not ours").expect("write");
         let resume = layout
             .resume_point(&store, ShardId(2))
             .await
