@@ -162,9 +162,29 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let mut client_config = ClientConfig::new(config.endpoints[0].clone());
     client_config.endpoints = config.endpoints.clone();
-    let client = Client::connect_with(client_config)
-        .await
-        .context("cannot reach the cluster")?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // A daemon outlives a cluster that is not up yet: keep trying until it answers.
+    let mut attempt = 0;
+    let client = loop {
+        tokio::select! {
+            _ = &mut signal => {
+                tracing::info!("stopped before the cluster answered");
+                return Ok(());
+            }
+            r = Client::connect_with(client_config.clone()) => match r {
+                Ok(c) => break c,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(attempt, "cannot reach the cluster yet: {e}");
+                    tokio::select! {
+                        _ = &mut signal => return Ok(()),
+                        _ = tokio::time::sleep(retry::backoff(attempt, 0.0)) => {}
+                    }
+                }
+            }
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let all_stats: Vec<(String, Arc<Stats>)> = config
         .deliveries
@@ -191,8 +211,6 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let mut failed = false;
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => {
