@@ -147,7 +147,8 @@ enum ShardSink {
     },
     Http {
         sink: HttpSink,
-        checkpoint_path: PathBuf,
+        state_path: PathBuf,
+        state: http::HttpState,
         errors: Store,
     },
 }
@@ -326,7 +327,8 @@ fn shard_sink(shared: &Shared, shard: ShardId) -> ShardSink {
         },
         Destination::Http { .. } => ShardSink::Http {
             sink: shared.http.clone().expect("http destinations have a sink"),
-            checkpoint_path: http::checkpoint_path(&shared.state_dir, &shared.delivery.name, shard),
+            state_path: http::state_path(&shared.state_dir, &shared.delivery.name, shard),
+            state: http::HttpState::default(),
             errors: shared
                 .store
                 .clone()
@@ -368,8 +370,11 @@ impl ShardSink {
                 after(*checkpoint)
             }
             ShardSink::Http {
-                checkpoint_path, ..
-            } => after(http::read_checkpoint(checkpoint_path).await?),
+                state_path, state, ..
+            } => {
+                *state = http::read_state(state_path).await?;
+                state.resume_point()
+            }
         })
     }
 }
@@ -638,10 +643,21 @@ async fn deliver(
         }
         ShardSink::Http {
             sink: http_sink,
-            checkpoint_path,
+            state_path,
+            state,
             errors,
         } => {
             if !items.is_empty() {
+                // Recorded before sending: after a crash this batch is cut again at the same
+                // records and sent with the same request id.
+                let sending = http::HttpState {
+                    delivered: state.delivered,
+                    sending: Some(range),
+                };
+                let mut wait = Retrier::new("write http state", None, stats);
+                while let Err(e) = http::write_state(state_path, sending).await {
+                    wait.wait(&e).await;
+                }
                 let mut wait = Retrier::new("post to http endpoint", deadline, stats);
                 let bytes: u64 = items.iter().map(|i| i.data.len() as u64).sum();
                 loop {
@@ -672,8 +688,12 @@ async fn deliver(
                 );
                 write_errors(errors, &key, &d.name, &shard_name, &failed, stats).await;
             }
-            let mut wait = Retrier::new("write http checkpoint", None, stats);
-            while let Err(e) = http::write_checkpoint(checkpoint_path, range.last).await {
+            *state = http::HttpState {
+                delivered: Some(range.last),
+                sending: None,
+            };
+            let mut wait = Retrier::new("write http state", None, stats);
+            while let Err(e) = http::write_state(state_path, *state).await {
                 wait.wait(&e).await;
             }
         }

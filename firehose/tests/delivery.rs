@@ -209,6 +209,23 @@ destination = {{ kind = "http", url = "{http}", error_directory = "{d}/http-erro
             N,
             true,
         );
+        // A record that came twice came with the same request id each time: a receiver that
+        // drops repeated request ids gets every record once.
+        let mut ids_of: HashMap<u64, std::collections::HashSet<&str>> = HashMap::new();
+        for (r, id) in got.records.iter().zip(&got.record_requests) {
+            ids_of.entry(common::record_id(r)).or_default().insert(id);
+        }
+        let resent = got.records.len() - N as usize;
+        let split: Vec<_> = ids_of
+            .iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .take(5)
+            .collect();
+        assert!(
+            split.is_empty(),
+            "records sent under several request ids: {split:?}"
+        );
+        eprintln!("http: {resent} records received again, all under their first request id");
     }
     // The directory is partitioned by the customer field, the bucket by arrival hour.
     let keys: Vec<String> = read_tree(&out).into_iter().map(|(k, _)| k).collect();

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use riptide_client::{SequenceNumber, ShardId};
-use serde::Deserialize;
+use riptide_client::{SequenceNumber, ShardId, StartingPosition};
+use serde::{Deserialize, Serialize};
 
 use crate::format::Item;
-use crate::naming::BatchRange;
+use crate::naming::{BatchRange, ResumePoint};
 use crate::sink::objects::{StoreError, write_file_atomically};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,24 +122,78 @@ impl HttpSink {
     }
 }
 
-/// Where the HTTP destination keeps a shard's checkpoint: the last sequence number the
-/// endpoint accepted.
-pub fn checkpoint_path(state_dir: &Path, delivery: &str, shard: ShardId) -> PathBuf {
+/// Where the HTTP destination keeps a shard's state.
+pub fn state_path(state_dir: &Path, delivery: &str, shard: ShardId) -> PathBuf {
     state_dir
         .join("http")
         .join(delivery)
-        .join(format!("{shard}.checkpoint"))
+        .join(format!("{shard}.json"))
 }
 
-pub async fn read_checkpoint(path: &Path) -> Result<Option<SequenceNumber>, StoreError> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) => SequenceNumber::parse(text.trim(), "checkpoint")
-            .map(Some)
-            .map_err(|e| StoreError::Key {
-                key: path.display().to_string(),
-                message: e.to_string(),
+/// A shard's state at an HTTP destination: the last sequence number the endpoint accepted, and
+/// the batch being sent. A batch is recorded before it is sent, so that after a crash it is
+/// cut again at the same records and sent with the same request id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpState {
+    pub delivered: Option<SequenceNumber>,
+    pub sending: Option<BatchRange>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    delivered: Option<String>,
+    sending: Option<(String, String)>,
+}
+
+impl HttpState {
+    /// Where the shard resumes.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        match (self.sending, self.delivered) {
+            (Some(r), d) if d.is_none_or(|d| d < r.first) => Some(ResumePoint {
+                from: StartingPosition::AtSequence(r.first),
+                cut_at: Some(r.last),
             }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            (_, Some(d)) => Some(ResumePoint {
+                from: StartingPosition::AfterSequence(d),
+                cut_at: None,
+            }),
+            (_, None) => None,
+        }
+    }
+
+    fn to_bytes(self) -> Vec<u8> {
+        let file = StateFile {
+            delivered: self.delivered.map(|s| s.to_string()),
+            sending: self
+                .sending
+                .map(|r| (r.first.to_string(), r.last.to_string())),
+        };
+        serde_json::to_vec(&file).expect("serialising the state cannot fail")
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<HttpState, String> {
+        let file: StateFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let seq = |s: &str| SequenceNumber::parse(s, "sequence_number").map_err(|e| e.to_string());
+        Ok(HttpState {
+            delivered: file.delivered.as_deref().map(seq).transpose()?,
+            sending: match file.sending {
+                Some((first, last)) => Some(BatchRange {
+                    first: seq(&first)?,
+                    last: seq(&last)?,
+                }),
+                None => None,
+            },
+        })
+    }
+}
+
+pub async fn read_state(path: &Path) -> Result<HttpState, StoreError> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => HttpState::from_bytes(&bytes).map_err(|message| StoreError::Key {
+            key: path.display().to_string(),
+            message,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HttpState::default()),
         Err(source) => Err(StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -147,15 +201,47 @@ pub async fn read_checkpoint(path: &Path) -> Result<Option<SequenceNumber>, Stor
     }
 }
 
-pub async fn write_checkpoint(path: &Path, seq: SequenceNumber) -> Result<(), StoreError> {
+pub async fn write_state(path: &Path, state: HttpState) -> Result<(), StoreError> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || write_file_atomically(&path, seq.to_string().as_bytes()))
-        .await?
+    tokio::task::spawn_blocking(move || write_file_atomically(&path, &state.to_bytes())).await?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_being_sent_is_sent_again_with_the_same_bounds() {
+        let r = |a, b| BatchRange {
+            first: SequenceNumber(a),
+            last: SequenceNumber(b),
+        };
+        assert_eq!(HttpState::default().resume_point(), None);
+        let sending = HttpState {
+            delivered: Some(SequenceNumber(9)),
+            sending: Some(r(10, 20)),
+        };
+        assert_eq!(
+            sending.resume_point(),
+            Some(ResumePoint {
+                from: StartingPosition::AtSequence(SequenceNumber(10)),
+                cut_at: Some(SequenceNumber(20)),
+            })
+        );
+        let done = HttpState {
+            delivered: Some(SequenceNumber(20)),
+            sending: Some(r(10, 20)),
+        };
+        assert_eq!(
+            done.resume_point(),
+            Some(ResumePoint {
+                from: StartingPosition::AfterSequence(SequenceNumber(20)),
+                cut_at: None,
+            })
+        );
+        assert_eq!(HttpState::from_bytes(&sending.to_bytes()), Ok(sending));
+        assert!(HttpState::from_bytes(b"{\"delivered\": \"x\"}").is_err());
+    }
 
     #[test]
     fn the_request_carries_its_id_and_base64_records() {

@@ -564,7 +564,8 @@ impl S3 {
 #[derive(Debug, Default)]
 pub struct Received {
     pub records: Vec<Vec<u8>>,
-    pub request_ids: Vec<String>,
+    /// The request id each record came with (parallel to `records`).
+    pub record_requests: Vec<String>,
     pub requests: u64,
 }
 
@@ -600,10 +601,10 @@ impl Endpoint {
                     let b64 = base64::engine::general_purpose::STANDARD;
                     let mut got = r.lock().unwrap_or_else(|p| p.into_inner());
                     got.requests += 1;
-                    got.request_ids.push(id.clone());
                     for rec in v["records"].as_array().into_iter().flatten() {
                         if let Some(d) = rec["data"].as_str().and_then(|d| b64.decode(d).ok()) {
                             got.records.push(d);
+                            got.record_requests.push(id.clone());
                         }
                     }
                     let body = serde_json::json!({"requestId": id, "timestamp": 1});
