@@ -77,6 +77,15 @@ async fn pg_rows(pg: &tokio_postgres::Client) -> u64 {
     row.get::<_, i64>(0) as u64
 }
 
+fn http_received(endpoint: &Endpoint) -> usize {
+    endpoint
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .records
+        .len()
+}
+
 fn http_unique(endpoint: &Endpoint) -> usize {
     let got = endpoint.received.lock().unwrap_or_else(|p| p.into_inner());
     got.records
@@ -912,4 +921,94 @@ columns = [
             r.get::<_, String>(0)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_sent_again_after_a_crash_keeps_its_request_id() {
+    let _serial = serial();
+    let cluster = Cluster::start().await;
+    let client = cluster.stream("events", 2).await;
+    let endpoint = Endpoint::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+endpoints = ["{ep}"]
+state_dir = "{d}/state"
+
+[[delivery]]
+name = "to-http"
+stream = "events"
+buffer = {{ size_mib = 1, interval_seconds = 0.5 }}
+destination = {{ kind = "http", url = "{http}", error_directory = "{d}/errors" }}
+"#,
+        ep = cluster.endpoint,
+        http = endpoint.url,
+    );
+    let mut daemon = Daemon::start(dir.path(), &config);
+    write_records(&client, "events", 0..2_000).await;
+    wait_for(
+        "some records at the endpoint",
+        Duration::from_secs(60),
+        || async { http_unique(&endpoint) > 0 },
+    )
+    .await;
+    // The endpoint takes the next batch in and holds its answer: the daemon is killed before
+    // it hears that the batch was accepted.
+    endpoint
+        .hold_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    write_records(&client, "events", 2_000..4_000).await;
+    wait_for(
+        "a batch held by the endpoint",
+        Duration::from_secs(60),
+        || async { endpoint.held.load(std::sync::atomic::Ordering::SeqCst) },
+    )
+    .await;
+    daemon.kill();
+    let held = http_received(&endpoint);
+    // More records before the restart: a batch cut afresh would now end elsewhere.
+    write_records(&client, "events", 4_000..6_000).await;
+    daemon.restart();
+    wait_for(
+        "every record at the endpoint, and the held batch again",
+        Duration::from_secs(60),
+        || async {
+            let got = endpoint.received.lock().unwrap_or_else(|p| p.into_inner());
+            let unique: std::collections::HashSet<u64> =
+                got.records.iter().map(|r| common::record_id(r)).collect();
+            unique.len() >= 6_000 && got.records.len() > held.max(6_000)
+        },
+    )
+    .await;
+    assert!(
+        daemon.stop(),
+        "the daemon did not stop cleanly:\n{}",
+        daemon.logs()
+    );
+    let got = endpoint.received.lock().unwrap_or_else(|p| p.into_inner());
+    assert_ids(
+        "http",
+        &count_ids(got.records.iter().map(Vec::as_slice)),
+        6_000,
+        true,
+    );
+    let mut ids_of: HashMap<u64, std::collections::HashSet<&str>> = HashMap::new();
+    let mut times: HashMap<u64, u32> = HashMap::new();
+    for (r, id) in got.records.iter().zip(&got.record_requests) {
+        let rid = common::record_id(r);
+        ids_of.entry(rid).or_default().insert(id);
+        *times.entry(rid).or_default() += 1;
+    }
+    let resent = times.values().filter(|n| **n > 1).count();
+    assert!(resent > 0, "the held batch was not sent again");
+    let split: Vec<_> = ids_of
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .take(5)
+        .collect();
+    assert!(
+        split.is_empty(),
+        "records sent under several request ids: {split:?}"
+    );
 }

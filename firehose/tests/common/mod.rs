@@ -575,6 +575,10 @@ pub struct Endpoint {
     pub url: String,
     pub received: Arc<Mutex<Received>>,
     pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the next request is taken in and then answered only 10 s later; `held` is
+    /// set once it was taken in.
+    pub hold_next: Arc<std::sync::atomic::AtomicBool>,
+    pub held: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -583,11 +587,18 @@ impl Endpoint {
         use axum::routing::post;
         let received = Arc::new(Mutex::new(Received::default()));
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (r, f) = (received.clone(), failing.clone());
+        let hold_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, f, hn, hd) = (
+            received.clone(),
+            failing.clone(),
+            hold_next.clone(),
+            held.clone(),
+        );
         let app = axum::Router::new().route(
             "/",
             post(move |body: axum::body::Bytes| {
-                let (r, f) = (r.clone(), f.clone());
+                let (r, f, hn, hd) = (r.clone(), f.clone(), hn.clone(), hd.clone());
                 async move {
                     let v: serde_json::Value = match serde_json::from_slice(&body) {
                         Ok(v) => v,
@@ -599,13 +610,21 @@ impl Endpoint {
                         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, body.to_string());
                     }
                     let b64 = base64::engine::general_purpose::STANDARD;
-                    let mut got = r.lock().unwrap_or_else(|p| p.into_inner());
-                    got.requests += 1;
-                    for rec in v["records"].as_array().into_iter().flatten() {
-                        if let Some(d) = rec["data"].as_str().and_then(|d| b64.decode(d).ok()) {
-                            got.records.push(d);
-                            got.record_requests.push(id.clone());
+                    {
+                        let mut got = r.lock().unwrap_or_else(|p| p.into_inner());
+                        got.requests += 1;
+                        for rec in v["records"].as_array().into_iter().flatten() {
+                            if let Some(d) =
+                                rec["data"].as_str().and_then(|d| b64.decode(d).ok())
+                            {
+                                got.records.push(d);
+                                got.record_requests.push(id.clone());
+                            }
                         }
+                    }
+                    if hn.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        hd.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(10)).await;
                     }
                     let body = serde_json::json!({"requestId": id, "timestamp": 1});
                     (axum::http::StatusCode::OK, body.to_string())
@@ -623,6 +642,8 @@ impl Endpoint {
             url,
             received,
             failing,
+            hold_next,
+            held,
             task,
         }
     }
