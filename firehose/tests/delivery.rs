@@ -1012,3 +1012,86 @@ destination = {{ kind = "http", url = "{http}", error_directory = "{d}/errors" }
         "records sent under several request ids: {split:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_cut_short_by_a_crash_is_written_again_to_the_same_objects() {
+    let _serial = serial();
+    let cluster = Cluster::start().await;
+    let client = cluster.stream("events", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+endpoints = ["{ep}"]
+state_dir = "{d}/state"
+
+[[delivery]]
+name = "by-customer"
+stream = "events"
+buffer = {{ size_mib = 16, interval_seconds = 1 }}
+format = {{ kind = "json-lines" }}
+destination = {{ kind = "directory", path = "{d}/out", prefix = "{{field:customer_id}}/" }}
+"#,
+        ep = cluster.endpoint,
+    );
+    let out = dir.path().join("out");
+    let records = |out: &Path| -> Vec<Vec<u8>> {
+        read_tree(out)
+            .into_iter()
+            .flat_map(|(_, b)| {
+                lines(&b)
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut daemon = Daemon::start(dir.path(), &config);
+    write_records(&client, "events", 0..100).await;
+    wait_for("the first 100 records", Duration::from_secs(60), || async {
+        records(&out).len() >= 100
+    })
+    .await;
+    assert!(
+        daemon.stop(),
+        "the daemon did not stop cleanly:\n{}",
+        daemon.logs()
+    );
+    // Make the newest batch look cut short by a crash: all but one of its objects (one per
+    // customer) are gone.
+    let keys: Vec<String> = read_tree(&out).into_iter().map(|(k, _)| k).collect();
+    let newest = keys
+        .iter()
+        .filter_map(|k| k.rsplit('-').next().map(|last| last.to_string()))
+        .max()
+        .expect("objects");
+    let of_newest: Vec<&String> = keys.iter().filter(|k| k.ends_with(&newest)).collect();
+    assert!(of_newest.len() >= 2, "one object per customer: {keys:?}");
+    let removed: Vec<String> = of_newest[1..].iter().map(|k| k.to_string()).collect();
+    for k in &removed {
+        std::fs::remove_file(out.join(k)).expect("remove");
+    }
+    assert!(records(&out).len() < 100);
+    // Records that came later must not join the repeated batch.
+    write_records(&client, "events", 100..200).await;
+    daemon.restart();
+    wait_for("all 200 records", Duration::from_secs(60), || async {
+        records(&out).len() >= 200
+    })
+    .await;
+    assert!(
+        daemon.stop(),
+        "the daemon did not stop cleanly:\n{}",
+        daemon.logs()
+    );
+    for k in &removed {
+        assert!(out.join(k).exists(), "{k} was not written again");
+    }
+    let all = records(&out);
+    assert_ids(
+        "directory",
+        &count_ids(all.iter().map(Vec::as_slice)),
+        200,
+        false,
+    );
+}
