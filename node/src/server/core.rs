@@ -760,26 +760,10 @@ impl Core {
             .into_iter()
             .filter(|n| ask.contains(&n.id))
             .map(|n| async move {
-                let call = async {
-                    let mut req =
-                        tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
-                    req.set_timeout(Duration::from_millis(500));
-                    self.peers
-                        .admin(&n.address)
-                        .ok()?
-                        .cluster_status(req)
-                        .await
-                        .ok()
-                };
-                let status = tokio::time::timeout(Duration::from_millis(500), call)
-                    .await
-                    .ok()
-                    .flatten()?
-                    .into_inner()
-                    .nodes
-                    .into_iter()
-                    .next()?;
-                (status.node_id == n.id).then_some((n.id, status.leading_groups))
+                let status = self
+                    .probe_node(n.id, &n.address, Duration::from_millis(500))
+                    .await?;
+                Some((n.id, status.leading_groups))
             });
         let mut leader_of: HashMap<u64, u64> = HashMap::new();
         for (node, groups) in futures::future::join_all(calls).await.into_iter().flatten() {
@@ -1356,6 +1340,35 @@ impl Core {
     // Administration
     // -----------------------------------------------------------------------------------------
 
+    /// Node `id`'s own line of the cluster status (a `local_only` ClusterStatus at `address`);
+    /// `None` when it does not answer within `timeout`, or another node answers there.
+    pub async fn probe_node(
+        &self,
+        id: u64,
+        address: &str,
+        timeout: Duration,
+    ) -> Option<v1::NodeStatus> {
+        let call = async {
+            let mut req = tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
+            req.set_timeout(timeout);
+            self.peers
+                .admin(address)
+                .ok()?
+                .cluster_status(req)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .ok()
+            .flatten()?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .next()
+            .filter(|s| s.node_id == id)
+    }
+
     /// This node's own line of the cluster status.
     pub fn local_status(&self) -> v1::NodeStatus {
         let mut leading_groups = Vec::new();
@@ -1418,22 +1431,10 @@ impl Core {
             .into_iter()
             .filter(|n| n.id != self.node_id())
             .map(|n| async move {
-                let probe = async {
-                    let mut req =
-                        tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
-                    req.set_timeout(Duration::from_secs(1));
-                    self.peers
-                        .admin(&n.address)
-                        .ok()?
-                        .cluster_status(req)
-                        .await
-                        .ok()
-                };
-                let answer = tokio::time::timeout(Duration::from_secs(2), probe)
+                match self
+                    .probe_node(n.id, &n.address, Duration::from_secs(1))
                     .await
-                    .ok()
-                    .flatten();
-                match answer.and_then(|a| a.into_inner().nodes.into_iter().next()) {
+                {
                     Some(s) => s,
                     None => v1::NodeStatus {
                         node_id: n.id,

@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use riptide_proto::v1;
 use riptide_raft::Role;
 
 use super::core::Core;
@@ -223,24 +222,7 @@ async fn probe(core: &Core) {
         .into_iter()
         .filter(|n| n.id != me)
         .map(|n| async move {
-            let call = async {
-                let mut req = tonic::Request::new(v1::ClusterStatusRequest { local_only: true });
-                req.set_timeout(PROBE_TIMEOUT);
-                core.peers
-                    .admin(&n.address)
-                    .ok()?
-                    .cluster_status(req)
-                    .await
-                    .ok()
-            };
-            let answer = tokio::time::timeout(PROBE_TIMEOUT, call)
-                .await
-                .ok()
-                .flatten();
-            // Another node now listening on the address does not count.
-            let status = answer
-                .and_then(|a| a.into_inner().nodes.into_iter().next())
-                .filter(|s| s.node_id == n.id);
+            let status = core.probe_node(n.id, &n.address, PROBE_TIMEOUT).await;
             (n.id, status, Instant::now())
         });
     let answers = futures::future::join_all(probes).await;
