@@ -482,7 +482,33 @@ async fn a_lost_controller_voter_is_replaced_so_the_metadata_survives_the_next_l
     cluster.stop(lost[1]).await;
     // The controller's leader counts a node as down after 3 s without an answer; from then on
     // no new shard waits for it to form its group.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = lost[1] as u64 + 1;
+    let admin = AdminServiceClient::connect(cluster.endpoint(leader))
+        .await
+        .expect("connect");
+    eventually(
+        WAIT,
+        "the controller's leader counts the node as down",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let Ok(status) = admin
+                    .cluster_status(v1::ClusterStatusRequest { local_only: false })
+                    .await
+                else {
+                    return false;
+                };
+                status
+                    .into_inner()
+                    .nodes
+                    .iter()
+                    .find(|n| n.node_id == second)
+                    .and_then(|n| n.since_last_answer_ms)
+                    .is_some_and(|ms| ms > 3_000)
+            }
+        },
+    )
+    .await;
     let via = (0..NODES)
         .find(|i| cluster.is_up(*i))
         .expect("a node is up");
