@@ -204,11 +204,10 @@ pub enum ClusterCommand {
     /// The command shows progress until the nodes hold no leader and no replica (or
     /// --timeout-secs passes; the controller goes on moving them), then a summary.
     /// `riptide cluster undrain` lets the nodes take replicas and leaders again.
-    ///
-    /// Examples:
-    ///   riptide cluster drain 2
-    ///   riptide cluster drain --region eu-west
-    #[command(group = clap::ArgGroup::new("target").required(true))]
+    #[command(
+        group = clap::ArgGroup::new("target").required(true),
+        after_help = "Examples:\n  riptide cluster drain 2\n  riptide cluster drain --region eu-west --output json"
+    )]
     Drain {
         /// The node's id.
         #[arg(group = "target")]
@@ -226,11 +225,10 @@ pub enum ClusterCommand {
     /// Clear the drain mark of a node, or of every node of a region: they may take replicas
     /// and leaderships again. Replicas moved away stay where they are; the leader balancer
     /// gives the nodes their share of leaders back within seconds.
-    ///
-    /// Examples:
-    ///   riptide cluster undrain 2
-    ///   riptide cluster undrain --region eu-west
-    #[command(group = clap::ArgGroup::new("target").required(true))]
+    #[command(
+        group = clap::ArgGroup::new("target").required(true),
+        after_help = "Examples:\n  riptide cluster undrain 2\n  riptide cluster undrain --region eu-west"
+    )]
     Undrain {
         /// The node's id.
         #[arg(group = "target")]
