@@ -66,7 +66,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
     /// Closed loop: records each producer keeps unacknowledged.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub window: usize,
     /// Open loop: records/s offered over all producers, on a fixed schedule; latencies count
     /// from the scheduled send time. Without it, the bench runs closed loop (as fast as the
