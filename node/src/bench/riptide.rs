@@ -92,17 +92,30 @@ async fn set_up_stream(
     Ok((name, created, desc.shards))
 }
 
-/// Reads a shard live until `stop`, handing each record to the recorder.
-async fn live_consumer(
+/// One shard to read, from where, and the recorder that takes what is read.
+#[derive(Clone)]
+struct ShardRead {
     client: Client,
     stream: String,
     shard: ShardId,
     from: StartingPosition,
+    recorder: Arc<Recorder>,
+}
+
+/// Reads a shard live until `stop`, handing each record to the recorder.
+async fn live_consumer(
+    read: ShardRead,
     mode: ConsumerMode,
     poll_interval: Duration,
-    recorder: Arc<Recorder>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let ShardRead {
+        client,
+        stream,
+        shard,
+        from,
+        recorder,
+    } = read;
     match mode {
         ConsumerMode::Poll => {
             let mut consumer = client
@@ -185,14 +198,14 @@ async fn live_consumer(
 
 /// Reads a shard from `from` to its end, handing each record to the recorder's read-back
 /// ledger. Gives up at `deadline`.
-async fn read_back_shard(
-    client: Client,
-    stream: String,
-    shard: ShardId,
-    from: StartingPosition,
-    recorder: Arc<Recorder>,
-    deadline: Instant,
-) -> anyhow::Result<()> {
+async fn read_back_shard(read: ShardRead, deadline: Instant) -> anyhow::Result<()> {
+    let ShardRead {
+        client,
+        stream,
+        shard,
+        from,
+        recorder,
+    } = read;
     let mut consumer = client
         .consumer(&stream, shard, from)
         .with_limit(10_000)
@@ -254,16 +267,22 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let recorder = Arc::new(Recorder::new(clock, run_id, window));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mut consumers = Vec::new();
-    for shard in &shard_ids {
-        consumers.push(tokio::spawn(live_consumer(
-            client.clone(),
-            stream.clone(),
-            *shard,
+    let reads: Vec<ShardRead> = shard_ids
+        .iter()
+        .map(|shard| ShardRead {
+            client: client.clone(),
+            stream: stream.clone(),
+            shard: *shard,
             from,
+            recorder: Arc::clone(&recorder),
+        })
+        .collect();
+    let mut consumers = Vec::new();
+    for read in &reads {
+        consumers.push(tokio::spawn(live_consumer(
+            read.clone(),
             args.consumers,
             args.poll_interval,
-            Arc::clone(&recorder),
             stop_rx.clone(),
         )));
     }
@@ -331,15 +350,8 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let deadline = started + args.read_back_timeout;
     let mut readers = Vec::new();
-    for shard in &shard_ids {
-        readers.push(tokio::spawn(read_back_shard(
-            client.clone(),
-            stream.clone(),
-            *shard,
-            from,
-            Arc::clone(&recorder),
-            deadline,
-        )));
+    for read in &reads {
+        readers.push(tokio::spawn(read_back_shard(read.clone(), deadline)));
     }
     let mut read_back_failed = None;
     for r in readers {
@@ -354,10 +366,11 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         eprintln!("read-back incomplete: {e:#}");
     }
 
-    if created && !args.keep_stream {
-        if let Err(e) = client.delete_stream(&stream).await {
-            eprintln!("could not delete stream {stream}: {e}");
-        }
+    if created
+        && !args.keep_stream
+        && let Err(e) = client.delete_stream(&stream).await
+    {
+        eprintln!("could not delete stream {stream}: {e}");
     }
     let measures = recorder.finish(Some(backlog_secs));
     let workload = args.workload(

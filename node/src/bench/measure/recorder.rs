@@ -336,8 +336,8 @@ impl Recorder {
         let mut s = self.state();
         let secs = (now.saturating_sub(s.interval.start) as f64 / 1e9).max(1e-3);
         let failures = s.errors.errors + s.errors.throttles + s.errors.unanswered;
-        let p99 =
-            (s.interval.put_ack.len() > 0).then(|| ms(s.interval.put_ack.value_at_quantile(0.99)));
+        let p99 = (!s.interval.put_ack.is_empty())
+            .then(|| ms(s.interval.put_ack.value_at_quantile(0.99)));
         let point = TimelinePoint {
             t_secs: now as f64 / 1e9,
             acked_per_sec: s.interval.acked as f64 / secs,
@@ -411,7 +411,7 @@ pub struct Measures {
 
 impl Percentiles {
     fn of(h: &Histogram<u64>) -> Self {
-        if h.len() == 0 {
+        if h.is_empty() {
             return Percentiles::default();
         }
         Percentiles {

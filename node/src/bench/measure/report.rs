@@ -244,6 +244,82 @@ impl Report {
     }
 }
 
+/// The median of several runs of one workload: the median of every rate and percentile and
+/// of the fsync probe; loss and error counts are summed, and LR is the runs' lost records over
+/// their acknowledged records. The timeline is the first run's. `None` without reports.
+pub fn median(reports: &[Report]) -> Option<Report> {
+    let first = reports.first()?;
+    let med = |f: &dyn Fn(&Report) -> f64| -> f64 {
+        let mut v: Vec<f64> = reports.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let rate = |get: &dyn Fn(&Report) -> Rate| Rate {
+        records: med(&|r| get(r).records as f64) as u64,
+        bytes: med(&|r| get(r).bytes as f64) as u64,
+        secs: med(&|r| get(r).secs),
+        records_per_sec: med(&|r| get(r).records_per_sec),
+        mb_per_sec: med(&|r| get(r).mb_per_sec),
+    };
+    let pct = |get: &dyn Fn(&Report) -> Percentiles| Percentiles {
+        count: med(&|r| get(r).count as f64) as u64,
+        p50: med(&|r| get(r).p50),
+        p90: med(&|r| get(r).p90),
+        p99: med(&|r| get(r).p99),
+        p999: med(&|r| get(r).p999),
+        max: med(&|r| get(r).max),
+    };
+    let sum = |f: &dyn Fn(&Report) -> u64| -> u64 { reports.iter().map(f).sum() };
+    let acknowledged = sum(&|r| r.loss.acknowledged);
+    let lost = sum(&|r| r.loss.lost);
+    let fsync_probe = first.fsync_probe.clone().map(|p| ProbeResult {
+        fsyncs_per_sec: med(&|r| r.fsync_probe.as_ref().map_or(0.0, |p| p.fsyncs_per_sec)),
+        p50_ms: med(&|r| r.fsync_probe.as_ref().map_or(0.0, |p| p.p50_ms)),
+        p99_ms: med(&|r| r.fsync_probe.as_ref().map_or(0.0, |p| p.p99_ms)),
+        ..p
+    });
+    Some(Report {
+        system: format!("{} (median of {})", first.system, reports.len()),
+        durability: first.durability.clone(),
+        workload: first.workload.clone(),
+        fsync_probe,
+        production: rate(&|r| r.production),
+        processing_live: rate(&|r| r.processing_live),
+        processing_backlog: first
+            .processing_backlog
+            .map(|_| rate(&|r| r.processing_backlog.unwrap_or_default())),
+        put_ack_latency_ms: pct(&|r| r.put_ack_latency_ms),
+        end_to_end_latency_ms: pct(&|r| r.end_to_end_latency_ms),
+        loss: Loss {
+            acknowledged,
+            read_back: sum(&|r| r.loss.read_back),
+            lost,
+            loss_rate: if acknowledged == 0 {
+                0.0
+            } else {
+                lost as f64 / acknowledged as f64
+            },
+            read_not_acknowledged: sum(&|r| r.loss.read_not_acknowledged),
+            duplicates_read_back: sum(&|r| r.loss.duplicates_read_back),
+            live_missing: sum(&|r| r.loss.live_missing),
+            live_duplicates: sum(&|r| r.loss.live_duplicates),
+        },
+        errors: Errors {
+            errors: sum(&|r| r.errors.errors),
+            throttles: sum(&|r| r.errors.throttles),
+            retries: sum(&|r| r.errors.retries),
+            unanswered: sum(&|r| r.errors.unanswered),
+            consumer_errors: sum(&|r| r.errors.consumer_errors),
+        },
+        timeline: first.timeline.clone(),
+    })
+}
+
 /// A one-line description of a workload.
 pub fn describe_workload(w: &Workload) -> String {
     let load = match w.offered_records_per_sec {
@@ -321,7 +397,7 @@ pub fn fmt_count(x: u64) -> String {
     let digits = x.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -401,5 +477,25 @@ mod tests {
             .find(|l| l.starts_with("P  acknowledged records/s"))
             .expect("row");
         assert!(line.ends_with("4.00x"), "{line}");
+    }
+
+    #[test]
+    fn the_median_of_runs_takes_the_middle_rate_and_sums_losses() {
+        let run = |rps: f64, lost: u64| Report {
+            system: "x".into(),
+            production: Rate::new((rps * 10.0) as u64, 0, 10.0),
+            loss: Loss {
+                acknowledged: 100,
+                lost,
+                ..Loss::default()
+            },
+            ..Report::default()
+        };
+        let m = median(&[run(5.0, 0), run(1.0, 1), run(3.0, 0)]).expect("median");
+        assert_eq!(m.production.records_per_sec, 3.0);
+        assert_eq!(m.loss.acknowledged, 300);
+        assert_eq!(m.loss.lost, 1);
+        assert!((m.loss.loss_rate - 1.0 / 300.0).abs() < 1e-12);
+        assert!(median(&[]).is_none());
     }
 }
