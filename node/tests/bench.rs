@@ -113,10 +113,14 @@ fn check_report(r: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_against_the_dev_cluster_reads_every_acknowledged_record_back() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let base_port = free_base_port();
+    let kinesis_port = std::iter::repeat_with(free_port)
+        .find(|p| !(base_port..base_port + 3).contains(p))
+        .expect("a free port");
     let opts = DevOptions {
         data_dir: dir.path().join("dev"),
-        base_port: free_base_port(),
-        kinesis_port: 0,
+        base_port,
+        kinesis_port,
     };
     let cluster = DevCluster::start(&opts).await.expect("start");
     let endpoint = cluster.endpoints()[0].clone();
@@ -151,6 +155,25 @@ async fn bench_against_the_dev_cluster_reads_every_acknowledged_record_back() {
     let again = run_riptide(&endpoint, &args).await.expect("second bench");
     check_report(&again);
     assert_eq!(again.loss.read_back, again.loss.acknowledged);
+
+    // The same through the Kinesis HTTP API: records written with PutRecords and read with
+    // GetRecords, and all of them read back.
+    let kinesis_endpoint = format!("http://127.0.0.1:{kinesis_port}");
+    let through_kinesis = bench_args(&[
+        "--api",
+        "kinesis",
+        "--kinesis-endpoint",
+        &kinesis_endpoint,
+        "--consumers",
+        "poll",
+        "--probe-dir",
+        &probe_dir,
+    ]);
+    let report = run_riptide(&endpoint, &through_kinesis)
+        .await
+        .expect("bench through the Kinesis API");
+    check_report(&report);
+    assert!(report.workload.api.starts_with("Kinesis HTTP API"));
     cluster.shutdown().await;
 }
 

@@ -7,6 +7,7 @@
 //! stream, producers on [`riptide_client::Producer`], live consumers (push or polling) and the
 //! read-back pass on which LR rests.
 
+mod kinesis;
 pub mod measure;
 mod riptide;
 
@@ -29,6 +30,16 @@ pub enum ConsumerMode {
     Poll,
 }
 
+/// Which API carries the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// The native gRPC API, through riptide-client's batching producer and consumers.
+    Grpc,
+    /// The Kinesis HTTP API (PutRecords and GetRecords in JSON) at --kinesis-endpoint; the
+    /// stream is still set up through gRPC at --endpoint.
+    Kinesis,
+}
+
 /// `riptide bench ...`
 #[derive(Debug, Clone, clap::Args)]
 #[command(
@@ -41,6 +52,12 @@ pub struct BenchArgs {
     /// `bench-<time>` is created and deleted at the end (unless --keep-stream).
     #[arg(long)]
     pub stream: Option<String>,
+    /// Which API writes and reads the records.
+    #[arg(long, value_enum, default_value_t = Api::Grpc)]
+    pub api: Api,
+    /// The Kinesis API's address, for --api kinesis (`riptide dev` serves it on port 4567).
+    #[arg(long, default_value = "http://127.0.0.1:4567")]
+    pub kinesis_endpoint: String,
     /// Shards of a stream the bench creates.
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
@@ -62,7 +79,7 @@ pub struct BenchArgs {
     /// How long a batch's first record waits for more (e.g. 5ms).
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub linger: Duration,
-    /// PutRecords calls in flight per shard per producer.
+    /// PutRecords calls in flight per shard per producer (with --api kinesis: per producer).
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
     /// Closed loop: records each producer keeps unacknowledged.
@@ -115,7 +132,14 @@ impl BenchArgs {
     /// The parts of the workload description that do not depend on the cluster.
     fn workload(&self, shards: u32, replicas: u32) -> Workload {
         Workload {
-            api: "riptide gRPC, batching client producer".into(),
+            api: match self.api {
+                Api::Grpc => "riptide gRPC, batching client producer".into(),
+                Api::Kinesis => {
+                    "Kinesis HTTP API (JSON), PutRecords batched per producer, calls in flight \
+                     counted per producer"
+                        .into()
+                }
+            },
             shards,
             replicas,
             producers: self.producers,
@@ -167,6 +191,10 @@ impl BenchArgs {
             "--record-bytes must be at most 1 MiB (the record size limit)"
         );
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be above 0");
+        anyhow::ensure!(
+            self.api == Api::Grpc || self.consumers == ConsumerMode::Poll,
+            "--api kinesis reads with GetRecords: give --consumers poll"
+        );
         Ok(())
     }
 }

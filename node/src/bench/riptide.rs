@@ -12,11 +12,12 @@ use riptide_client::{
 };
 use tokio::sync::watch;
 
+use super::kinesis::{KinesisHttp, KinesisPublisher};
 use super::measure::payload::Filler;
 use super::measure::recorder::{Clock, Recorder, Window};
 use super::measure::report::Report;
 use super::measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
-use super::{BenchArgs, ConsumerMode, RIPTIDE_DURABILITY};
+use super::{Api, BenchArgs, ConsumerMode, RIPTIDE_DURABILITY};
 
 /// How long set-up may take before the first record is sent.
 const LEAD: Duration = Duration::from_millis(200);
@@ -100,6 +101,85 @@ struct ShardRead {
     shard: ShardId,
     from: StartingPosition,
     recorder: Arc<Recorder>,
+    /// Read through the Kinesis API instead of gRPC.
+    kinesis: Option<Arc<KinesisHttp>>,
+}
+
+impl ShardRead {
+    /// The Kinesis iterator for this read's start.
+    async fn kinesis_iterator(
+        &self,
+        api: &KinesisHttp,
+    ) -> Result<String, super::kinesis::KinesisCallError> {
+        let timestamp = match self.from {
+            StartingPosition::AtTimestamp(ms) => Some(ms),
+            _ => None,
+        };
+        api.shard_iterator(&self.stream, &self.shard.to_string(), timestamp)
+            .await
+    }
+
+    /// Reads through the Kinesis API until `stop` (live) or, without `stop`, until the shard's
+    /// end (read-back). Records go to `take`.
+    async fn kinesis_loop(
+        &self,
+        api: &KinesisHttp,
+        poll_interval: Duration,
+        mut stop: Option<watch::Receiver<bool>>,
+        take: impl Fn(&[u8]),
+    ) -> anyhow::Result<()> {
+        let mut iterator: Option<String> = None;
+        loop {
+            if let Some(stop) = &stop
+                && *stop.borrow()
+            {
+                return Ok(());
+            }
+            let it = match &iterator {
+                Some(it) => it.clone(),
+                None => match self.kinesis_iterator(api).await {
+                    Ok(it) => it,
+                    Err(e) => {
+                        tracing::debug!(shard = %self.shard, "bench iterator: {e}");
+                        self.recorder.consumer_error();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let page = match stop.as_mut() {
+                Some(stop) => tokio::select! {
+                    p = api.get_records(&it) => p,
+                    _ = stop.changed() => return Ok(()),
+                },
+                None => api.get_records(&it).await,
+            };
+            match page {
+                Ok((records, next, behind)) => {
+                    for r in &records {
+                        take(r);
+                    }
+                    let Some(next) = next else {
+                        return Ok(());
+                    };
+                    iterator = Some(next);
+                    if records.is_empty() {
+                        if stop.is_none() && behind == 0 {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(poll_interval).await;
+                    }
+                }
+                Err(e) => {
+                    // Records already taken are skipped by the ledger if read again, but a
+                    // fresh iterator would start over: keep the old one and retry.
+                    tracing::debug!(shard = %self.shard, "bench GetRecords: {e}");
+                    self.recorder.consumer_error();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
 }
 
 /// Reads a shard live until `stop`, handing each record to the recorder.
@@ -109,12 +189,22 @@ async fn live_consumer(
     poll_interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    if let Some(api) = read.kinesis.clone() {
+        let recorder = Arc::clone(&read.recorder);
+        let _ = read
+            .kinesis_loop(&api, poll_interval, Some(stop), |data| {
+                recorder.consumed(data);
+            })
+            .await;
+        return;
+    }
     let ShardRead {
         client,
         stream,
         shard,
         from,
         recorder,
+        kinesis: _,
     } = read;
     match mode {
         ConsumerMode::Poll => {
@@ -199,12 +289,25 @@ async fn live_consumer(
 /// Reads a shard from `from` to its end, handing each record to the recorder's read-back
 /// ledger. Gives up at `deadline`.
 async fn read_back_shard(read: ShardRead, deadline: Instant) -> anyhow::Result<()> {
+    if let Some(api) = read.kinesis.clone() {
+        let recorder = Arc::clone(&read.recorder);
+        let shard = read.shard;
+        return tokio::time::timeout_at(
+            deadline.into(),
+            read.kinesis_loop(&api, Duration::from_millis(5), None, |data| {
+                recorder.read_back(data);
+            }),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("read-back of {shard} did not reach the end in time"))?;
+    }
     let ShardRead {
         client,
         stream,
         shard,
         from,
         recorder,
+        kinesis: _,
     } = read;
     let mut consumer = client
         .consumer(&stream, shard, from)
@@ -267,6 +370,8 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let recorder = Arc::new(Recorder::new(clock, run_id, window));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let kinesis =
+        (args.api == Api::Kinesis).then(|| Arc::new(KinesisHttp::new(&args.kinesis_endpoint)));
     let reads: Vec<ShardRead> = shard_ids
         .iter()
         .map(|shard| ShardRead {
@@ -275,6 +380,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
             shard: *shard,
             from,
             recorder: Arc::clone(&recorder),
+            kinesis: kinesis.clone(),
         })
         .collect();
     let mut consumers = Vec::new();
@@ -307,8 +413,17 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     };
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let publisher = RiptidePublisher {
-            producer: client.producer(&stream, producer_config.clone()),
+        let publisher: Box<dyn Publisher> = match &kinesis {
+            Some(api) => Box::new(KinesisPublisher::start(
+                Arc::clone(api),
+                stream.clone(),
+                args.batch_records,
+                args.linger,
+                args.in_flight,
+            )),
+            None => Box::new(RiptidePublisher {
+                producer: client.producer(&stream, producer_config.clone()),
+            }),
         };
         let plan = ProducerPlan {
             producer: p,

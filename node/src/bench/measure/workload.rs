@@ -42,6 +42,12 @@ pub trait Publisher: Send + 'static {
     fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack;
 }
 
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+        (**self).publish(key, data)
+    }
+}
+
 /// How hard producers push.
 #[derive(Debug, Clone, Copy)]
 pub enum Load {
