@@ -285,6 +285,10 @@ async fn live_consumer(
                         Some(Err(e)) => {
                             tracing::debug!(shard = %shard, "bench subscription: {e}");
                             recorder.consumer_error();
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                                _ = stop.changed() => return,
+                            }
                             break;
                         }
                         None => break,
