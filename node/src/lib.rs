@@ -4,6 +4,7 @@
 //! Depends on riptide-raft for replication and storage and on riptide-proto for the API; never
 //! on RocksDB or openraft directly.
 
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

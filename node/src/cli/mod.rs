@@ -74,6 +74,13 @@ pub enum ClientCommand {
     /// Manage single shards.
     #[command(subcommand)]
     Shard(ShardCommand),
+    /// Measure the cluster: production rate, processing rate, latency and loss rate
+    ///
+    /// Writes records to a stream (a new one unless --stream names one) for --duration after
+    /// --warmup while consumers read them live, then reads every acknowledged record back.
+    /// Prints an fsync probe of the local disk, a progress line each second and a table (or
+    /// JSON) at the end; exits non-zero when an acknowledged record was not read back.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// `riptide stream ...`
@@ -261,6 +268,9 @@ pub enum ShardCommand {
 
 /// Runs a client subcommand against the cluster at `global.endpoint`.
 pub async fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
+    if let ClientCommand::Bench(args) = cmd {
+        return crate::bench::run(&global.endpoint, *args).await;
+    }
     let client = connect(global).await?;
     let out = Printer {
         format: global.output,
@@ -272,6 +282,7 @@ pub async fn run(global: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> 
         ClientCommand::Tail(args) => records::tail(&client, out, args).await,
         ClientCommand::Cluster(cmd) => admin::cluster(&client, out, cmd).await,
         ClientCommand::Shard(cmd) => admin::shard(&client, out, cmd).await,
+        ClientCommand::Bench(_) => unreachable!("bench returned above"),
     }
 }
 

@@ -1,0 +1,337 @@
+//! The producer loop both systems are driven by, the progress line, and the wait for live
+//! consumers to catch up.
+//!
+//! Closed loop: each producer keeps `window` records unacknowledged and sends the next as soon
+//! as one is answered, so it measures the most the system takes at that concurrency. Open
+//! loop: each producer sends on a fixed schedule (its share of the offered rate) whatever the
+//! system answers, and every latency counts from the scheduled time, so back-pressure cannot
+//! hide latency.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::payload::{Filler, Header};
+use super::recorder::{Failure, Recorder};
+
+/// How a send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged (durably, as the system defines it) after this many sends.
+    Acked { attempts: u32 },
+    /// Refused for lack of capacity, after retries.
+    Throttled,
+    /// Failed for good otherwise.
+    Failed,
+}
+
+/// A send in flight.
+pub type Ack = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// One producer's connection to the system under test.
+pub trait Publisher: Send + 'static {
+    /// Sends one record. The send must be under way (queued in the client) when this returns;
+    /// the future resolves with its acknowledgement.
+    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack;
+}
+
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+        (**self).publish(key, data)
+    }
+}
+
+/// How hard producers push.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// Each producer keeps `window` records unacknowledged.
+    Closed { window: usize },
+    /// Each producer sends `records_per_sec` on a schedule, with at most `max_outstanding`
+    /// unacknowledged (beyond that it waits, and the wait counts in the latency).
+    Open {
+        records_per_sec: f64,
+        max_outstanding: usize,
+    },
+}
+
+/// One producer's part of the run.
+#[derive(Debug, Clone)]
+pub struct ProducerPlan {
+    pub producer: u32,
+    pub record_bytes: usize,
+    pub keys: Arc<[String]>,
+    pub load: Load,
+    /// When the producer starts and stops sending, in the recorder's clock.
+    pub start_at: u64,
+    pub stop_at: u64,
+    /// How long after `stop_at` unanswered sends are waited for.
+    pub drain: Duration,
+}
+
+type Done = (u64, u64, usize, Outcome);
+
+/// Runs one producer to its plan's end and the drain after it.
+pub async fn run_producer<P: Publisher>(
+    mut publisher: P,
+    plan: ProducerPlan,
+    recorder: Arc<Recorder>,
+    filler: Arc<Filler>,
+) {
+    let clock = recorder.clock;
+    let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>> =
+        FuturesUnordered::new();
+    let stop = clock.at(plan.stop_at);
+    let handle = |done: Done| {
+        let (seq, intended, bytes, outcome) = done;
+        match outcome {
+            Outcome::Acked { attempts } => {
+                recorder.acked(plan.producer, seq, bytes, intended, attempts)
+            }
+            Outcome::Throttled => recorder.failed(Failure::Throttled, 1),
+            Outcome::Failed => recorder.failed(Failure::Error, 1),
+        }
+    };
+    let mut seq = 0u64;
+    let key_offset = plan.producer as usize * 7_919;
+    let mut send = |pending: &mut FuturesUnordered<_>, seq: &mut u64, intended: u64| {
+        let header = Header {
+            run: recorder.run,
+            producer: plan.producer,
+            seq: *seq,
+            intended_nanos: intended,
+        };
+        let data = filler.record(header, plan.record_bytes);
+        let bytes = data.len();
+        let key = &plan.keys[(*seq as usize + key_offset) % plan.keys.len()];
+        let ack = publisher.publish(key, data);
+        let this = *seq;
+        pending.push(Box::pin(ack.map(move |o| (this, intended, bytes, o))) as Pin<Box<_>>);
+        *seq += 1;
+    };
+    tokio::time::sleep_until(clock.at(plan.start_at).into()).await;
+    loop {
+        // Take every answer that is already there, so that latencies are recorded on time.
+        while let Some(Some(done)) = pending.next().now_or_never() {
+            handle(done);
+        }
+        let now = clock.now_nanos();
+        if now >= plan.stop_at {
+            break;
+        }
+        match plan.load {
+            Load::Closed { window } => {
+                if pending.len() < window.max(1) {
+                    send(&mut pending, &mut seq, now);
+                    continue;
+                }
+                tokio::select! {
+                    Some(done) = pending.next() => handle(done),
+                    _ = tokio::time::sleep_until(stop.into()) => {}
+                }
+            }
+            Load::Open {
+                records_per_sec,
+                max_outstanding,
+            } => {
+                let due = plan.start_at + (seq as f64 * 1e9 / records_per_sec.max(1e-3)) as u64;
+                let room = pending.len() < max_outstanding.max(1);
+                if due <= now && room {
+                    send(&mut pending, &mut seq, due);
+                    continue;
+                }
+                let wake = clock.at(due.min(plan.stop_at));
+                if room {
+                    tokio::select! {
+                        Some(done) = pending.next(), if !pending.is_empty() => handle(done),
+                        _ = tokio::time::sleep_until(wake.into()) => {}
+                    }
+                } else {
+                    tokio::select! {
+                        Some(done) = pending.next() => handle(done),
+                        _ = tokio::time::sleep_until(stop.into()) => {}
+                    }
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + plan.drain;
+    while !pending.is_empty() {
+        match tokio::time::timeout_at(deadline.into(), pending.next()).await {
+            Ok(Some(done)) => handle(done),
+            Ok(None) => break,
+            Err(_) => {
+                recorder.failed(Failure::Unanswered, pending.len() as u64);
+                break;
+            }
+        }
+    }
+}
+
+/// Prints a progress line every second (to stderr, unless `quiet`) and adds each second to the
+/// recorder's timeline, until `stop` changes.
+pub fn spawn_progress(
+    recorder: Arc<Recorder>,
+    quiet: bool,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let p = recorder.tick();
+            if !quiet {
+                eprint!(
+                    "\r{:>5.0} s {} acknowledged {:>9.0} records/s {:>8.2} MB/s  consumed {:>9.0} records/s  p99 put-ack {:>8}  failed {}   ",
+                    p.t_secs,
+                    if p.in_warmup {
+                        "(warm-up)"
+                    } else {
+                        "         "
+                    },
+                    p.acked_per_sec,
+                    p.acked_mb_per_sec,
+                    p.consumed_per_sec,
+                    p.put_ack_p99_ms
+                        .map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms")),
+                    p.failures
+                );
+            }
+        }
+        if !quiet {
+            eprintln!();
+        }
+    })
+}
+
+/// Waits until the live consumers have seen every acknowledged record, or `timeout` passed.
+/// Returns how many they still miss.
+pub async fn wait_live_caught_up(recorder: &Recorder, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing = recorder.live_missing();
+        if missing == 0 || Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The partition keys `k0`..`k{n-1}`.
+pub fn partition_keys(n: u32) -> Arc<[String]> {
+    (0..n.max(1)).map(|i| format!("k{i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::recorder::{Clock, Window};
+    use super::*;
+
+    /// Acknowledges each record after `delay`, counting what it was sent.
+    struct Delayed {
+        delay: Duration,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Publisher for Delayed {
+        fn publish(&mut self, _key: &str, _data: Vec<u8>) -> Ack {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Outcome::Acked { attempts: 1 }
+            })
+        }
+    }
+
+    fn plan(load: Load, ms: u64) -> ProducerPlan {
+        ProducerPlan {
+            producer: 0,
+            record_bytes: 32,
+            keys: partition_keys(4),
+            load,
+            start_at: 0,
+            stop_at: ms * 1_000_000,
+            drain: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_loop_keeps_its_window_full_and_every_send_is_answered() {
+        let clock = Clock::new();
+        let rec = Arc::new(Recorder::new(
+            clock,
+            5,
+            Window {
+                start: 0,
+                end: u64::MAX,
+            },
+        ));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let publisher = Delayed {
+            delay: Duration::from_millis(20),
+            sent: Arc::clone(&sent),
+        };
+        run_producer(
+            publisher,
+            plan(Load::Closed { window: 10 }, 200),
+            Arc::clone(&rec),
+            Arc::new(Filler::new(1)),
+        )
+        .await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        // 10 in flight, 20 ms each, 200 ms: about 100 sends; at least the first window.
+        assert!(sent >= 10, "{sent}");
+        assert_eq!(rec.acked_count(), sent);
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_charges_the_wait_for_a_full_window_to_latency() {
+        let clock = Clock::new();
+        let rec = Arc::new(Recorder::new(
+            clock,
+            5,
+            Window {
+                start: 0,
+                end: u64::MAX,
+            },
+        ));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // 1,000 records/s offered, one outstanding at a time, each answered after 50 ms: the
+        // schedule falls behind at once, and latencies grow far above 50 ms.
+        let publisher = Delayed {
+            delay: Duration::from_millis(50),
+            sent: Arc::clone(&sent),
+        };
+        run_producer(
+            publisher,
+            plan(
+                Load::Open {
+                    records_per_sec: 1_000.0,
+                    max_outstanding: 1,
+                },
+                300,
+            ),
+            Arc::clone(&rec),
+            Arc::new(Filler::new(1)),
+        )
+        .await;
+        let m = rec.finish(None);
+        assert!(m.put_ack_latency_ms.count >= 3);
+        assert!(
+            m.put_ack_latency_ms.max > 100.0,
+            "{:?}",
+            m.put_ack_latency_ms
+        );
+    }
+}

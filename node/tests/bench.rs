@@ -1,0 +1,328 @@
+//! `riptide bench` against the in-process development cluster and against three `riptide
+//! node` processes: the report has every measure, and its loss rate comes from reading the
+//! records back (the counts match what the stream holds). No figure here is a timing
+//! threshold: performance is measured by running the bench, never by tests.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use riptide_client::{Client, ShardId, StartingPosition};
+use riptide_node::bench::measure::report::Report;
+use riptide_node::bench::{BenchArgs, run_riptide};
+use riptide_node::dev::{DevCluster, DevOptions};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn bench_args(extra: &[&str]) -> BenchArgs {
+    let base = [
+        "bench",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--probe",
+        "300ms",
+        "--producers",
+        "2",
+        "--shards",
+        "2",
+        "--record-bytes",
+        "100",
+        "--window",
+        "200",
+        "--quiet",
+    ];
+    Cli::parse_from(base.iter().chain(extra)).bench
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn free_base_port() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+/// Every record the stream holds, over all shards.
+async fn count_records(client: &Client, stream: &str) -> u64 {
+    let mut total = 0;
+    for shard in client.list_shards(stream).await.expect("list shards") {
+        let shard: ShardId = shard.shard_id.parse().expect("shard id");
+        let mut consumer = client
+            .consumer(stream, shard, StartingPosition::TrimHorizon)
+            .with_limit(10_000)
+            .with_poll_interval(Duration::from_millis(5));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "reading {shard} took too long");
+            let records = consumer.next_batch().await.expect("read");
+            total += records.len() as u64;
+            if records.is_empty() && consumer.caught_up() {
+                break;
+            }
+        }
+    }
+    total
+}
+
+/// What every report of a run without faults must show.
+fn check_report(r: &Report) {
+    assert_eq!(r.system, "riptide");
+    assert!(r.durability.contains("majority"));
+    let loss = &r.loss;
+    assert!(loss.acknowledged > 0, "nothing acknowledged: {r:?}");
+    assert_eq!(loss.lost, 0, "{loss:?}");
+    assert_eq!(loss.loss_rate, 0.0);
+    assert_eq!(loss.read_back, loss.acknowledged);
+    assert_eq!(
+        r.errors.errors + r.errors.throttles + r.errors.unanswered,
+        0
+    );
+    // P counts the measured window only: some but not all acknowledged records.
+    assert!(r.production.records > 0 && r.production.records < loss.acknowledged);
+    assert_eq!(r.production.bytes, r.production.records * 100);
+    assert!(r.production.records_per_sec > 0.0);
+    let backlog = r.processing_backlog.expect("backlog rate");
+    assert!(backlog.records >= loss.acknowledged);
+    assert!(r.processing_live.records > 0);
+    for p in [&r.put_ack_latency_ms, &r.end_to_end_latency_ms] {
+        assert!(p.count > 0);
+        assert!(p.p50 <= p.p90 && p.p90 <= p.p99 && p.p99 <= p.p999 && p.p999 <= p.max);
+        assert!(p.p50 > 0.0);
+    }
+    assert!(!r.timeline.is_empty());
+    let probe = r.fsync_probe.as_ref().expect("fsync probe");
+    assert!(probe.fsyncs_per_sec > 0.0);
+    assert_eq!(r.workload.replicas, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_the_dev_cluster_reads_every_acknowledged_record_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base_port = free_base_port();
+    let kinesis_port = std::iter::repeat_with(free_port)
+        .find(|p| !(base_port..base_port + 3).contains(p))
+        .expect("a free port");
+    let opts = DevOptions {
+        data_dir: dir.path().join("dev"),
+        base_port,
+        kinesis_port,
+    };
+    let cluster = DevCluster::start(&opts).await.expect("start");
+    let endpoint = cluster.endpoints()[0].clone();
+    let probe_dir = dir.path().to_str().expect("utf-8 path").to_string();
+    let args = bench_args(&[
+        "--stream",
+        "kept",
+        "--keep-stream",
+        "--consumers",
+        "poll",
+        "--probe-dir",
+        &probe_dir,
+    ]);
+    let report = run_riptide(&endpoint, &args).await.expect("bench");
+    check_report(&report);
+    assert_eq!(report.workload.load, "closed");
+    assert!(report.workload.consumers.starts_with("polling"));
+
+    // The read-back ledger matches what the stream holds, counted independently here: every
+    // record in the stream is an acknowledged one, a failed send written all the same, or a
+    // retried send's second copy.
+    let client = Client::connect(&endpoint).await.expect("connect");
+    let held = count_records(&client, "kept").await;
+    let l = &report.loss;
+    assert_eq!(
+        held,
+        l.acknowledged + l.read_not_acknowledged + l.duplicates_read_back,
+        "{l:?}"
+    );
+
+    // A second run on the same stream reads back only its own records.
+    let again = run_riptide(&endpoint, &args).await.expect("second bench");
+    check_report(&again);
+    assert_eq!(again.loss.read_back, again.loss.acknowledged);
+
+    // The same through the Kinesis HTTP API: records written with PutRecords and read with
+    // GetRecords, and all of them read back.
+    let kinesis_endpoint = format!("http://127.0.0.1:{kinesis_port}");
+    let through_kinesis = bench_args(&[
+        "--api",
+        "kinesis",
+        "--kinesis-endpoint",
+        &kinesis_endpoint,
+        "--consumers",
+        "poll",
+        "--probe-dir",
+        &probe_dir,
+    ]);
+    let report = run_riptide(&endpoint, &through_kinesis)
+        .await
+        .expect("bench through the Kinesis API");
+    check_report(&report);
+    assert!(report.workload.api.starts_with("Kinesis HTTP API"));
+    cluster.shutdown().await;
+}
+
+/// Three `riptide node` processes; killed when dropped.
+struct Processes {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_nodes() -> (Processes, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let mut children = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.path().join(format!("node-{}.log", i + 1)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_riptide"))
+            .args(["node", "--node-id", &(i + 1).to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("node-{}", i + 1)))
+            .args(["--zone", &format!("zone-{i}")])
+            .args(["--initial-cluster", &initial.join(",")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start riptide node");
+        children.push(child);
+    }
+    let endpoints = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    (
+        Processes {
+            children,
+            _dir: dir,
+        },
+        endpoints,
+    )
+}
+
+/// Runs `command` to its end, killing it after `secs` seconds.
+fn run_with_deadline(mut command: Command, secs: u64) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start riptide bench");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for riptide bench") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("riptide bench did not finish in {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader").expect("stdout"),
+        stderr: err.join().expect("stderr reader").expect("stderr"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_command_against_three_node_processes() {
+    let (nodes, endpoints) = start_nodes();
+    // Wait until every node is up and the controller has a leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the cluster did not form");
+        if let Ok(client) = Client::connect(&endpoints[0]).await
+            && let Ok(status) = client.cluster_status().await
+            && status.controller_leader != 0
+            && status.nodes.len() == 3
+            && status.nodes.iter().all(|n| n.up)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let plot = out_dir.path().join("run.svg");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_riptide"));
+    command
+        .args(["--endpoint", &endpoints.join(",")])
+        .args([
+            "bench",
+            "--json",
+            "--quiet",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+        ])
+        .args(["--probe", "300ms", "--producers", "2", "--shards", "3"])
+        .args(["--record-bytes", "100", "--rate", "1000"])
+        .arg("--probe-dir")
+        .arg(out_dir.path())
+        .arg("--plot")
+        .arg(&plot);
+    let output = tokio::task::spawn_blocking(move || run_with_deadline(command, 180))
+        .await
+        .expect("bench process task");
+    assert!(
+        output.status.success(),
+        "riptide bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Report = serde_json::from_slice(&output.stdout).expect("JSON report");
+    check_report(&report);
+    assert_eq!(report.workload.load, "open");
+    assert_eq!(report.workload.offered_records_per_sec, Some(1000.0));
+    assert_eq!(report.workload.shards, 3);
+    // Open loop at 1,000 records/s for 1 s of warm-up and 3 s: about 4,000 records sent.
+    assert!(
+        (3_900..=4_100).contains(&report.loss.acknowledged),
+        "{:?}",
+        report.loss
+    );
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    drop(nodes);
+}
