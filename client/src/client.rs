@@ -310,8 +310,10 @@ impl Client {
     /// Polls `DescribeStream` until the stream is `ACTIVE` and returns that description.
     /// Once one node reports it ACTIVE, every other known node is asked as well, since each
     /// node's view of the controller may lag a moment and a node that still sees the stream
-    /// CREATING refuses writes to it. Fails with [`ErrorCode::ResourceInUse`] when `timeout`
-    /// passes first or the stream is being deleted.
+    /// CREATING refuses writes to it. A node that does not know the stream yet (it has not
+    /// applied the creation) is waited for too. Fails with [`ErrorCode::ResourceInUse`] when
+    /// `timeout` passes first or the stream is being deleted, and with
+    /// [`ErrorCode::NotFound`] when the stream still does not exist by then.
     pub async fn wait_for_active(
         &self,
         name: &str,
@@ -321,7 +323,16 @@ impl Client {
         let mut wait = Duration::from_millis(50);
         let mut unconfirmed: Option<Vec<u64>> = None;
         loop {
-            let desc = self.describe_stream(name).await?;
+            let desc = match self.describe_stream(name).await {
+                Ok(desc) => desc,
+                // Right after a create, the node that answers may not have applied it yet.
+                Err(e) if e.code == ErrorCode::NotFound && started.elapsed() + wait <= timeout => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match desc.status() {
                 v1::StreamStatus::Active => {
                     let nodes = unconfirmed.get_or_insert_with(|| self.inner.nodes.member_ids());

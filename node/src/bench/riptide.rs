@@ -85,19 +85,10 @@ async fn set_up_stream(
         Err(e) if e.code == ErrorCode::AlreadyExists || e.code == ErrorCode::ResourceInUse => false,
         Err(e) => return Err(anyhow::anyhow!("creating stream {name}: {e}")),
     };
-    // The node that answers DescribeStream may not have applied the creation yet: NotFound is
-    // retried until the deadline.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let desc = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.wait_for_active(&name, left).await {
-            Ok(desc) => break desc,
-            Err(e) if e.code == ErrorCode::NotFound && !left.is_zero() => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => anyhow::bail!("waiting for stream {name} to be active: {e}"),
-        }
-    };
+    let desc = client
+        .wait_for_active(&name, Duration::from_secs(120))
+        .await
+        .map_err(|e| anyhow::anyhow!("waiting for stream {name} to be active: {e}"))?;
     anyhow::ensure!(!desc.shards.is_empty(), "stream {name} has no shards");
     Ok((name, created, desc.shards))
 }
