@@ -415,39 +415,34 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         max_in_flight: args.in_flight,
         ..ProducerConfig::default()
     };
-    let mut producers = Vec::new();
-    for p in 0..args.producers {
-        let publisher: Box<dyn Publisher> = match &kinesis {
-            Some(api) => Box::new(KinesisPublisher::start(
-                Arc::clone(api),
-                stream.clone(),
-                args.batch_records,
-                args.linger,
-                args.in_flight,
-            )),
-            None => Box::new(RiptidePublisher {
-                producer: client.producer(&stream, producer_config.clone()),
-            }),
-        };
-        let plan = ProducerPlan {
-            producer: p,
-            record_bytes: args.record_bytes,
-            keys: Arc::clone(&keys),
-            load,
-            start_at,
-            stop_at: window.end,
-            drain: args.drain,
-        };
-        producers.push(tokio::spawn(workload::run_producer(
-            publisher,
-            plan,
-            Arc::clone(&recorder),
-            Arc::clone(&filler),
-        )));
-    }
-    for p in producers {
-        p.await.context("producer task")?;
-    }
+    let publishers: Vec<Box<dyn Publisher>> = (0..args.producers)
+        .map(|_| -> Box<dyn Publisher> {
+            match &kinesis {
+                Some(api) => Box::new(KinesisPublisher::start(
+                    Arc::clone(api),
+                    stream.clone(),
+                    args.batch_records,
+                    args.linger,
+                    args.in_flight,
+                )),
+                None => Box::new(RiptidePublisher {
+                    producer: client.producer(&stream, producer_config.clone()),
+                }),
+            }
+        })
+        .collect();
+    let plan = ProducerPlan {
+        producer: 0,
+        record_bytes: args.record_bytes,
+        keys: Arc::clone(&keys),
+        load,
+        start_at,
+        stop_at: window.end,
+        drain: args.drain,
+    };
+    workload::run_producers(publishers, plan, &recorder, &filler)
+        .await
+        .context("producer task")?;
     let live_missing = workload::wait_live_caught_up(&recorder, args.drain).await;
     let _ = stop_tx.send(true);
     for c in consumers {

@@ -347,33 +347,27 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
             max_outstanding, ..
         } => max_outstanding,
     };
-    let mut producers = Vec::new();
-    for p in 0..args.producers.max(1) {
-        let publisher = NatsPublisher {
+    let mut publishers = Vec::new();
+    for _ in 0..args.producers.max(1) {
+        publishers.push(NatsPublisher {
             context: connect(&args.servers, inflight).await?,
             subjects: Arc::clone(&subjects),
             key_index: key_index.clone(),
             streams: streams as usize,
-        };
-        let plan = ProducerPlan {
-            producer: p,
-            record_bytes: args.record_bytes,
-            keys: Arc::clone(&keys),
-            load,
-            start_at,
-            stop_at: window.end,
-            drain: args.drain,
-        };
-        producers.push(tokio::spawn(workload::run_producer(
-            publisher,
-            plan,
-            Arc::clone(&recorder),
-            Arc::clone(&filler),
-        )));
+        });
     }
-    for p in producers {
-        p.await.context("producer task")?;
-    }
+    let plan = ProducerPlan {
+        producer: 0,
+        record_bytes: args.record_bytes,
+        keys: Arc::clone(&keys),
+        load,
+        start_at,
+        stop_at: window.end,
+        drain: args.drain,
+    };
+    workload::run_producers(publishers, plan, &recorder, &filler)
+        .await
+        .context("producer task")?;
     let live_missing = workload::wait_live_caught_up(&recorder, args.drain).await;
     let _ = stop_tx.send(true);
     for c in consumers {

@@ -77,6 +77,36 @@ pub struct ProducerPlan {
 
 type Done = (u64, u64, usize, Outcome);
 
+/// Runs one producer per publisher, numbered from 0, each on `plan` with its own number, and
+/// waits until every one has finished its plan and the drain after it.
+pub async fn run_producers<P: Publisher>(
+    publishers: Vec<P>,
+    plan: ProducerPlan,
+    recorder: &Arc<Recorder>,
+    filler: &Arc<Filler>,
+) -> Result<(), tokio::task::JoinError> {
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .zip(0u32..)
+        .map(|(publisher, producer)| {
+            let plan = ProducerPlan {
+                producer,
+                ..plan.clone()
+            };
+            tokio::spawn(run_producer(
+                publisher,
+                plan,
+                Arc::clone(recorder),
+                Arc::clone(filler),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
 /// Runs one producer to its plan's end and the drain after it.
 pub async fn run_producer<P: Publisher>(
     mut publisher: P,
