@@ -162,8 +162,9 @@ impl RaftEngine {
             group,
             app,
             inner.config.transport.snapshot_chunk_bytes,
+            settings.log_is_data,
         )?;
-        let log = GroupLogStore::new(inner.store.clone(), group);
+        let log = GroupLogStore::new(inner.store.clone(), group, settings.log_is_data)?;
         let network = GroupNetworkFactory::new(inner.pool.clone(), group, inner.config.node_id);
         let raft = Raft::new(inner.config.node_id.0, Arc::new(config), network, log, sm)
             .await

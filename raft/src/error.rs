@@ -15,6 +15,15 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("storage is shut down")]
     Closed,
+    #[error(
+        "the data directory {path} holds storage format {found}, and this build reads format {expected} only; \
+         move the directory away (or start the node on a new one) and let the cluster copy the replicas back"
+    )]
+    Format {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
 }
 
 impl StorageError {

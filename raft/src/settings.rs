@@ -29,6 +29,12 @@ pub struct GroupSettings {
     pub keep_entries_below_snapshot: u64,
     /// Most entries sent in one append request.
     pub max_entries_per_append: u64,
+    /// The log is the group's data: committed entries stay in the log after openraft purges
+    /// them, until the state machine releases them ([`crate::GroupBatch::release_log`]), and
+    /// snapshots carry the retained entries. Data shards store their records this way, so a
+    /// record is written once (the log) instead of twice (the log, then a data family).
+    #[serde(default)]
+    pub log_is_data: bool,
 }
 
 impl GroupSettings {
@@ -42,6 +48,7 @@ impl GroupSettings {
             snapshot_after_entries: 20_000,
             keep_entries_below_snapshot: 5_000,
             max_entries_per_append: 256,
+            log_is_data: true,
         }
     }
 
@@ -55,6 +62,7 @@ impl GroupSettings {
             snapshot_after_entries: 5_000,
             keep_entries_below_snapshot: 1_000,
             max_entries_per_append: 256,
+            log_is_data: false,
         }
     }
 
@@ -72,6 +80,7 @@ impl GroupSettings {
             snapshot_after_entries: 20_000,
             keep_entries_below_snapshot: 20_000,
             max_entries_per_append: 512,
+            log_is_data: true,
         }
     }
 

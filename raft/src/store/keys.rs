@@ -6,7 +6,7 @@
 //! | family      | key                          | value                                   |
 //! |-------------|------------------------------|-----------------------------------------|
 //! | raft_log    | group ‖ index (BE u64)       | log entry                               |
-//! | raft_meta   | group ‖ tag                  | vote, last purged log id, committed, group registration |
+//! | raft_meta   | group ‖ tag                  | vote, last purged log id, committed, group registration, released log index |
 //! | sm_meta     | group ‖ tag                  | last applied log id, last membership, snapshot-install marker |
 //! | records, shard_meta, controller | group ‖ application key | written by the group's state machine |
 
@@ -18,6 +18,12 @@ pub(crate) const META_VOTE: u8 = 1;
 pub(crate) const META_PURGED: u8 = 2;
 pub(crate) const META_COMMITTED: u8 = 3;
 pub(crate) const META_REGISTRATION: u8 = 4;
+/// Index up to which a log-is-data group's state machine released its log entries.
+pub(crate) const META_RELEASED: u8 = 5;
+
+/// Key in raft_meta of the store's format version. It lies in the range of the reserved group
+/// `u64::MAX`, so no group's keys or range deletes reach it.
+pub(crate) const STORE_FORMAT_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffformat";
 
 pub(crate) const SM_APPLIED: u8 = 1;
 pub(crate) const SM_MEMBERSHIP: u8 = 2;

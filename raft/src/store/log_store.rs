@@ -23,18 +23,39 @@ pub(crate) struct GroupLogStore {
     group: GroupId,
     /// Index of the committed log id last written, plus one (0: none written yet).
     committed_saved: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The log is the group's data: a purge keeps the entries its state machine has not
+    /// released ([`crate::GroupSettings::log_is_data`]).
+    log_is_data: bool,
+    /// The first index not purged: openraft reads nothing below it, even where a log-is-data
+    /// group still holds the entries.
+    first_unpurged: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GroupLogStore {
-    pub(crate) fn new(store: NodeStore, group: GroupId) -> Self {
-        Self {
+    pub(crate) fn new(
+        store: NodeStore,
+        group: GroupId,
+        log_is_data: bool,
+    ) -> Result<Self, crate::error::StorageError> {
+        let purged: Option<LogId> =
+            store.get_value(Family::RaftMeta, &keys::meta_key(group, META_PURGED))?;
+        Ok(Self {
             store,
             group,
             committed_saved: Default::default(),
-        }
+            log_is_data,
+            first_unpurged: std::sync::Arc::new(purged.map(|p| p.index + 1).unwrap_or(0).into()),
+        })
     }
 
     fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, io::Error> {
+        let start = start.max(
+            self.first_unpurged
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let from = keys::log_key(self.group, start);
         let to = match end {
             Some(end) => keys::log_key(self.group, end).to_vec(),
@@ -113,7 +134,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let last_purged: Option<LogId> = self
             .store
             .get_value(Family::RaftMeta, &keys::meta_key(self.group, META_PURGED))?;
-        let last = self.last_log_id()?.or(last_purged);
+        // A log-is-data group keeps entries below the purge mark, so its last entry can be an
+        // older one than the last purged.
+        let last = self.last_log_id()?.max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -203,19 +226,112 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let ops = vec![
-            Op::Put(
-                Family::RaftMeta,
-                keys::meta_key(self.group, META_PURGED).to_vec(),
-                encode(&log_id),
-            ),
-            Op::DeleteRange(
+        let mut ops = vec![Op::Put(
+            Family::RaftMeta,
+            keys::meta_key(self.group, META_PURGED).to_vec(),
+            encode(&log_id),
+        )];
+        if !self.log_is_data {
+            ops.push(Op::DeleteRange(
                 Family::RaftLog,
                 keys::log_key(self.group, 0).to_vec(),
                 keys::log_key(self.group, log_id.index + 1).to_vec(),
-            ),
-        ];
+            ));
+        }
         self.store.writer.write(ops).await?;
+        self.first_unpurged
+            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        if self.log_is_data {
+            self.store.delete_released_log(self.group)?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::store::{GroupBatch, GroupCommit, GroupView};
+    use crate::types::AppData;
+
+    fn indexes(view: &GroupView) -> Vec<u64> {
+        let mut out = Vec::new();
+        view.scan_log(0, u64::MAX, |i, _| {
+            out.push(i);
+            Ok(true)
+        })
+        .expect("scan");
+        out
+    }
+
+    /// In a log-is-data group an entry is deleted only once openraft purged it and the state
+    /// machine released it, whichever comes last; openraft sees purged entries as gone either
+    /// way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_go_when_both_purged_and_released() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = NodeStore::open(dir.path(), GroupCommit::On).expect("open");
+        let group = GroupId(5);
+        let mut log = GroupLogStore::new(store.clone(), group, true).expect("log store");
+        let view = GroupView::new(store.clone(), group);
+        let ops = (1..=10)
+            .map(|i| {
+                let e =
+                    Entry::new_normal(log_id::<TypeConfig>(1, 1, i), AppData(vec![i as u8].into()));
+                Op::Put(
+                    Family::RaftLog,
+                    keys::log_key(group, i).to_vec(),
+                    encode(&e),
+                )
+            })
+            .collect();
+        store.writer.write(ops).await.expect("append");
+        let release = |upto: u64| {
+            let mut batch = GroupBatch::new(group);
+            batch.release_log(upto);
+            store.write_now(&batch.ops).expect("release");
+            store.delete_released_log(group).expect("delete");
+        };
+
+        log.purge(log_id::<TypeConfig>(1, 1, 5))
+            .await
+            .expect("purge");
+        assert_eq!(
+            indexes(&view),
+            (1..=10).collect::<Vec<_>>(),
+            "nothing released yet"
+        );
+        let seen: Vec<u64> = log
+            .try_get_log_entries(0..11)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(
+            seen,
+            (6..=10).collect::<Vec<_>>(),
+            "openraft sees the purge"
+        );
+
+        release(3);
+        assert_eq!(indexes(&view), (4..=10).collect::<Vec<_>>());
+        release(8);
+        assert_eq!(
+            indexes(&view),
+            (6..=10).collect::<Vec<_>>(),
+            "purged up to 5 only"
+        );
+        log.purge(log_id::<TypeConfig>(1, 1, 9))
+            .await
+            .expect("purge");
+        assert_eq!(indexes(&view), vec![9, 10], "released up to 8 only");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(9));
+        store.shutdown();
     }
 }

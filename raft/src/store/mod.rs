@@ -100,6 +100,9 @@ impl Op {
     }
 }
 
+/// Smallest value stored in a blob file rather than inline in an SST (log and records families).
+const BLOB_MIN_BYTES: u64 = 2048;
+
 /// Whether the log writer merges concurrent writes into one batch and one sync (the default),
 /// or writes and syncs each request on its own (for comparison in benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,9 @@ pub enum GroupCommit {
 pub(crate) struct StoreInner {
     pub(crate) db: DB,
     pub(crate) path: PathBuf,
+    /// Log-is-data groups: serialises deleting log entries that are both purged and released,
+    /// and remembers up to which index each group's entries were deleted.
+    pub(crate) log_deleted: std::sync::Mutex<std::collections::HashMap<GroupId, u64>>,
 }
 
 impl StoreInner {
@@ -179,12 +185,23 @@ impl NodeStore {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&block);
             match f {
-                Family::RaftLog => {
-                    cf_opts.set_write_buffer_size(32 << 20);
-                }
-                Family::Data(DataFamily::Records) => {
+                // Log entries and shard entries are large values (a whole batch of records)
+                // under small keys. Values of at least `BLOB_MIN_BYTES` go to blob files when
+                // their memtable is flushed and stay there: compactions rewrite only the keys,
+                // so a record's bytes are written to an SST-side file once, not once per level.
+                // A blob file is deleted when no key refers to it any more (the log purged, the
+                // records trimmed); blob garbage collection relocates what is still alive in
+                // the oldest files, for streams kept longer than their neighbours.
+                Family::RaftLog | Family::Data(DataFamily::Records) => {
                     cf_opts.set_write_buffer_size(64 << 20);
-                    cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                    cf_opts.set_max_write_buffer_number(4);
+                    cf_opts.set_enable_blob_files(true);
+                    cf_opts.set_min_blob_size(BLOB_MIN_BYTES);
+                    cf_opts.set_blob_file_size(256 << 20);
+                    cf_opts.set_enable_blob_gc(true);
+                    // Records are stored as sent: batches of random or already compressed
+                    // data gain nothing, and CPU is what bounds the write path.
+                    cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
                 }
                 _ => {
                     cf_opts.set_write_buffer_size(4 << 20);
@@ -196,7 +213,9 @@ impl NodeStore {
         let inner = Arc::new(StoreInner {
             db,
             path: dir.to_path_buf(),
+            log_deleted: Default::default(),
         });
+        check_format(&inner)?;
         let writer = LogWriter::start(inner.clone(), group_commit)?;
         Ok(Self { inner, writer })
     }
@@ -223,6 +242,59 @@ impl NodeStore {
             self.writer.poison(reason.clone());
             StorageError::Poisoned(reason)
         })
+    }
+
+    /// Deletes the entries of a log-is-data group that openraft purged and its state machine
+    /// released: those up to the lower of the two marks. Called after either mark moves.
+    pub(crate) fn delete_released_log(&self, group: GroupId) -> Result<(), StorageError> {
+        let mut deleted = self
+            .inner
+            .log_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let purged: Option<crate::types::LogId> =
+            self.get_value(Family::RaftMeta, &keys::meta_key(group, keys::META_PURGED))?;
+        let released = self.released_log(group)?;
+        let (Some(purged), Some(released)) = (purged, released) else {
+            return Ok(());
+        };
+        let upto = purged.index.min(released);
+        if deleted.get(&group).is_some_and(|d| *d >= upto) {
+            return Ok(());
+        }
+        self.write_now(&[Op::DeleteRange(
+            Family::RaftLog,
+            keys::log_key(group, 0).to_vec(),
+            keys::log_key(group, upto.saturating_add(1)).to_vec(),
+        )])?;
+        deleted.insert(group, upto);
+        Ok(())
+    }
+
+    /// Forgets what [`NodeStore::delete_released_log`] deleted for `group`, after its log was
+    /// replaced (a snapshot install).
+    pub(crate) fn forget_deleted_log(&self, group: GroupId) {
+        self.inner
+            .log_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
+    }
+
+    /// The index up to which a log-is-data group's state machine released its entries.
+    pub(crate) fn released_log(&self, group: GroupId) -> Result<Option<u64>, StorageError> {
+        match self.get(
+            Family::RaftMeta,
+            &keys::meta_key(group, keys::META_RELEASED),
+        )? {
+            None => Ok(None),
+            Some(raw) => {
+                let raw: [u8; 8] = raw.as_slice().try_into().map_err(|_| {
+                    StorageError::corrupt("released log index", format!("{} bytes", raw.len()))
+                })?;
+                Ok(Some(u64::from_be_bytes(raw)))
+            }
+        }
     }
 
     /// Stops the log writer after it has written and synced everything queued.
@@ -299,6 +371,43 @@ impl NodeStore {
     }
 }
 
+/// The layout of the stored data. Version 2: shard records are stored one key per log entry.
+/// Version 1 (one key per record) had no marker.
+pub(crate) const STORE_FORMAT: u32 = 2;
+
+/// Refuses a store written in another format; marks a new store with [`STORE_FORMAT`].
+fn check_format(inner: &StoreInner) -> Result<(), StorageError> {
+    let meta = inner.cf(Family::RaftMeta);
+    let found = match inner.db.get_cf(meta, keys::STORE_FORMAT_KEY)? {
+        Some(raw) => {
+            let raw: [u8; 4] = raw.as_slice().try_into().map_err(|_| {
+                StorageError::corrupt("store format marker", format!("{} bytes", raw.len()))
+            })?;
+            u32::from_be_bytes(raw)
+        }
+        None => {
+            let mut it = inner.db.iterator_cf(meta, IteratorMode::Start);
+            if it.next().transpose()?.is_some() {
+                1
+            } else {
+                inner
+                    .db
+                    .put_cf(meta, keys::STORE_FORMAT_KEY, STORE_FORMAT.to_be_bytes())?;
+                inner.db.flush_wal(true)?;
+                STORE_FORMAT
+            }
+        }
+    };
+    if found != STORE_FORMAT {
+        return Err(StorageError::Format {
+            path: inner.path.display().to_string(),
+            found,
+            expected: STORE_FORMAT,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("engine types always serialize")
 }
@@ -312,6 +421,8 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, S
 pub struct GroupBatch {
     group: GroupId,
     pub(crate) ops: Vec<Op>,
+    /// Set by [`GroupBatch::release_log`].
+    pub(crate) released: Option<u64>,
 }
 
 impl GroupBatch {
@@ -319,7 +430,24 @@ impl GroupBatch {
         Self {
             group,
             ops: Vec::new(),
+            released: None,
         }
+    }
+
+    /// In a group whose log is its data ([`crate::GroupSettings::log_is_data`]): the state
+    /// machine no longer needs the log entries up to `upto`, inclusive. They are deleted once
+    /// openraft has purged them too, and snapshots no longer carry them. The mark only moves
+    /// forward.
+    pub fn release_log(&mut self, upto: u64) {
+        if self.released.is_some_and(|r| r >= upto) {
+            return;
+        }
+        self.released = Some(upto);
+        self.ops.push(Op::Put(
+            Family::RaftMeta,
+            keys::meta_key(self.group, keys::META_RELEASED).to_vec(),
+            upto.to_be_bytes().to_vec(),
+        ));
     }
 
     pub fn put(&mut self, family: DataFamily, key: &[u8], value: &[u8]) {
@@ -403,6 +531,35 @@ impl GroupView {
         })
     }
 
+    /// Calls `f` with the index and application data of each normal entry of the group's log
+    /// from index `from` to `to`, inclusive, in order, until `f` returns false. For groups whose
+    /// log is their data; the caller bounds `to` by what it has applied, since later entries
+    /// are not committed yet and may still be replaced.
+    pub fn scan_log(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, bytes::Bytes) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        if to < from {
+            return Ok(());
+        }
+        let start = keys::log_key(self.group, from);
+        let end = keys::log_key(self.group, to.saturating_add(1));
+        let end: &[u8] = if to == u64::MAX {
+            &keys::group_end(self.group)
+        } else {
+            &end
+        };
+        self.store.scan(Family::RaftLog, &start, end, |_, v| {
+            let entry: crate::types::Entry = decode(v, "raft_log entry")?;
+            match entry.payload {
+                openraft::EntryPayload::Normal(data) => f(entry.log_id.index, data.0),
+                _ => Ok(true),
+            }
+        })
+    }
+
     /// The last key and value in `[from, to)`, if any.
     pub fn last(
         &self,
@@ -431,5 +588,41 @@ impl GroupView {
         }
         it.status()?;
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_store_without_the_format_marker_is_refused_and_a_new_one_is_marked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A new store is marked and opens again.
+        let store = NodeStore::open(dir.path(), GroupCommit::On).expect("opens");
+        store.shutdown();
+        drop(store);
+        let store = NodeStore::open(dir.path(), GroupCommit::On).expect("opens again");
+        // Take the marker away, leaving a group's metadata as an older build would have.
+        let meta = store.inner.cf(Family::RaftMeta);
+        store
+            .inner
+            .db
+            .put_cf(meta, keys::meta_key(GroupId(1), keys::META_VOTE), b"v")
+            .expect("put");
+        store
+            .inner
+            .db
+            .delete_cf(meta, keys::STORE_FORMAT_KEY)
+            .expect("delete");
+        store.inner.db.flush_wal(true).expect("sync");
+        store.shutdown();
+        drop(store);
+        let err = NodeStore::open(dir.path(), GroupCommit::On).expect_err("older format");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("format 1") && msg.contains("format 2") && msg.contains("move the"),
+            "{msg}"
+        );
     }
 }

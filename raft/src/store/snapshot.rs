@@ -8,7 +8,11 @@
 //! never reaches the state machine; only a complete file is installed.
 //!
 //! Chunk payload: a sequence of records `family (u8) ‖ key length (u32 BE) ‖ key ‖ value length
-//! (u32 BE) ‖ value`, keys without the group prefix.
+//! (u32 BE) ‖ value`, keys without the group prefix. Besides the data families
+//! ([`DataFamily::code`]), a group whose log is its data sends its released-log mark
+//! ([`CODE_RELEASED`], empty key, the index as u64 BE) and its retained log entries up to the
+//! snapshot's last applied index ([`CODE_LOG`], key the index as u64 BE, value the stored
+//! entry).
 
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -125,8 +129,13 @@ fn whole_records_len(buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-pub(crate) fn encode_record(buf: &mut BytesMut, family: DataFamily, key: &[u8], value: &[u8]) {
-    buf.put_u8(family.code());
+/// Snapshot record code of a retained log entry.
+pub(crate) const CODE_LOG: u8 = 0x80;
+/// Snapshot record code of the released-log mark.
+pub(crate) const CODE_RELEASED: u8 = 0x81;
+
+pub(crate) fn encode_record(buf: &mut BytesMut, code: u8, key: &[u8], value: &[u8]) {
+    buf.put_u8(code);
     buf.put_u32(key.len() as u32);
     buf.put_slice(key);
     buf.put_u32(value.len() as u32);
@@ -142,7 +151,7 @@ pub(crate) fn chunk_to_ops(group: GroupId, mut chunk: Bytes) -> io::Result<Vec<O
         if chunk.remaining() < 5 {
             return Err(bad("truncated record header"));
         }
-        let family = DataFamily::from_code(chunk.get_u8()).ok_or_else(|| bad("unknown family"))?;
+        let code = chunk.get_u8();
         let klen = chunk.get_u32() as usize;
         if chunk.remaining() < klen + 4 {
             return Err(bad("truncated key"));
@@ -153,11 +162,36 @@ pub(crate) fn chunk_to_ops(group: GroupId, mut chunk: Bytes) -> io::Result<Vec<O
             return Err(bad("truncated value"));
         }
         let value = chunk.split_to(vlen);
-        ops.push(Op::Put(
-            Family::Data(family),
-            keys::data_key(group, &key),
-            value.to_vec(),
-        ));
+        ops.push(match code {
+            CODE_LOG => {
+                let index: [u8; 8] = key[..]
+                    .try_into()
+                    .map_err(|_| bad("log entry key is not 8 bytes"))?;
+                Op::Put(
+                    Family::RaftLog,
+                    keys::log_key(group, u64::from_be_bytes(index)).to_vec(),
+                    value.to_vec(),
+                )
+            }
+            CODE_RELEASED => {
+                if value.len() != 8 {
+                    return Err(bad("released-log mark is not 8 bytes"));
+                }
+                Op::Put(
+                    Family::RaftMeta,
+                    keys::meta_key(group, keys::META_RELEASED).to_vec(),
+                    value.to_vec(),
+                )
+            }
+            code => {
+                let family = DataFamily::from_code(code).ok_or_else(|| bad("unknown family"))?;
+                Op::Put(
+                    Family::Data(family),
+                    keys::data_key(group, &key),
+                    value.to_vec(),
+                )
+            }
+        });
     }
     Ok(ops)
 }
@@ -185,6 +219,7 @@ pub(crate) async fn live_snapshot(
     store: NodeStore,
     group: GroupId,
     chunk_bytes: usize,
+    log_is_data: bool,
 ) -> io::Result<(SnapshotMeta, SnapshotData)> {
     let (meta_tx, meta_rx) = oneshot::channel::<io::Result<SnapshotMeta>>();
     let (start_tx, start_rx) = oneshot::channel::<()>();
@@ -200,6 +235,10 @@ pub(crate) async fn live_snapshot(
                     last_membership: membership,
                 }
             });
+        let applied_index = meta
+            .as_ref()
+            .ok()
+            .and_then(|m| m.last_log_id.map(|l| l.index));
         let ok = meta.is_ok();
         let _ = meta_tx.send(meta.map_err(io::Error::from));
         if !ok || start_rx.blocking_recv().is_err() {
@@ -226,7 +265,58 @@ pub(crate) async fn live_snapshot(
                         return;
                     }
                 };
-                encode_record(&mut buf, family, &k[keys::GROUP_PREFIX_LEN..], &v);
+                encode_record(&mut buf, family.code(), &k[keys::GROUP_PREFIX_LEN..], &v);
+                if buf.len() >= chunk_bytes
+                    && tx
+                        .blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze())))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if let (true, Some(applied)) = (log_is_data, applied_index) {
+            let released = match snap.get_cf(
+                inner.cf(Family::RaftMeta),
+                keys::meta_key(group, keys::META_RELEASED),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io::Error::other(e)));
+                    return;
+                }
+            };
+            let mut from = 0;
+            if let Some(raw) = released {
+                let Ok(mark) = <[u8; 8]>::try_from(raw.as_slice()) else {
+                    let _ = tx.blocking_send(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "released log index is not 8 bytes",
+                    )));
+                    return;
+                };
+                encode_record(&mut buf, CODE_RELEASED, &[], &mark);
+                from = u64::from_be_bytes(mark).saturating_add(1);
+            }
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_iterate_upper_bound(keys::log_key(group, applied.saturating_add(1)).to_vec());
+            let it = snap.iterator_cf_opt(
+                inner.cf(Family::RaftLog),
+                ro,
+                rocksdb::IteratorMode::From(
+                    &keys::log_key(group, from),
+                    rocksdb::Direction::Forward,
+                ),
+            );
+            for item in it {
+                let (k, v) = match item {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(io::Error::other(e)));
+                        return;
+                    }
+                };
+                encode_record(&mut buf, CODE_LOG, &k[keys::GROUP_PREFIX_LEN..], &v);
                 if buf.len() >= chunk_bytes
                     && tx
                         .blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze())))
@@ -264,8 +354,13 @@ mod tests {
     #[test]
     fn records_round_trip_through_a_chunk() {
         let mut buf = BytesMut::new();
-        encode_record(&mut buf, DataFamily::Records, b"k1", b"v1");
-        encode_record(&mut buf, DataFamily::Controller, b"", b"longer value");
+        encode_record(&mut buf, DataFamily::Records.code(), b"k1", b"v1");
+        encode_record(
+            &mut buf,
+            DataFamily::Controller.code(),
+            b"",
+            b"longer value",
+        );
         assert_eq!(whole_records_len(&buf).ok(), Some(buf.len()));
         assert_eq!(whole_records_len(&buf[..buf.len() - 1]).ok(), Some(13));
         let ops = chunk_to_ops(GroupId(7), buf.freeze()).expect("valid chunk");
@@ -280,9 +375,32 @@ mod tests {
     }
 
     #[test]
+    fn retained_log_entries_and_the_release_mark_go_to_the_log() {
+        let mut buf = BytesMut::new();
+        encode_record(&mut buf, CODE_RELEASED, b"", &9u64.to_be_bytes());
+        encode_record(&mut buf, CODE_LOG, &10u64.to_be_bytes(), b"entry ten");
+        let ops = chunk_to_ops(GroupId(7), buf.freeze()).expect("valid chunk");
+        match &ops[..] {
+            [
+                Op::Put(Family::RaftMeta, mk, mv),
+                Op::Put(Family::RaftLog, lk, lv),
+            ] => {
+                assert_eq!(mk, &keys::meta_key(GroupId(7), keys::META_RELEASED));
+                assert_eq!(mv, &9u64.to_be_bytes());
+                assert_eq!(lk, &keys::log_key(GroupId(7), 10));
+                assert_eq!(lv, b"entry ten");
+            }
+            other => panic!("unexpected ops {other:?}"),
+        }
+        let mut bad = BytesMut::new();
+        encode_record(&mut bad, CODE_LOG, b"short", b"x");
+        assert!(chunk_to_ops(GroupId(7), bad.freeze()).is_err());
+    }
+
+    #[test]
     fn a_truncated_chunk_is_refused() {
         let mut buf = BytesMut::new();
-        encode_record(&mut buf, DataFamily::Records, b"key", b"value");
+        encode_record(&mut buf, DataFamily::Records.code(), b"key", b"value");
         let cut = buf.freeze().slice(..8);
         assert!(chunk_to_ops(GroupId(1), cut).is_err());
     }

@@ -23,6 +23,7 @@ pub(crate) struct GroupStateMachine {
     app: Box<dyn StateMachine>,
     view: GroupView,
     chunk_bytes: usize,
+    log_is_data: bool,
 }
 
 impl GroupStateMachine {
@@ -31,6 +32,7 @@ impl GroupStateMachine {
         group: GroupId,
         mut app: Box<dyn StateMachine>,
         chunk_bytes: usize,
+        log_is_data: bool,
     ) -> Result<Self, crate::error::StorageError> {
         let view = GroupView::new(store.clone(), group);
         app.restore(&view)?;
@@ -40,6 +42,7 @@ impl GroupStateMachine {
             app,
             view,
             chunk_bytes,
+            log_is_data,
         })
     }
 
@@ -59,6 +62,10 @@ impl GroupStateMachine {
                 vec![1],
             ),
             Op::Delete(Family::SmMeta, keys::meta_key(group, SM_APPLIED).to_vec()),
+            Op::Delete(
+                Family::RaftMeta,
+                keys::meta_key(group, keys::META_RELEASED).to_vec(),
+            ),
         ];
         for f in DataFamily::ALL {
             ops.push(Op::DeleteRange(
@@ -97,6 +104,10 @@ pub(crate) fn recover_interrupted_install(
             Family::RaftMeta,
             keys::meta_key(group, keys::META_COMMITTED).to_vec(),
         ),
+        Op::Delete(
+            Family::RaftMeta,
+            keys::meta_key(group, keys::META_RELEASED).to_vec(),
+        ),
     ];
     for f in DataFamily::ALL {
         ops.push(Op::DeleteRange(Family::Data(f), from.clone(), to.clone()));
@@ -109,14 +120,20 @@ pub(crate) struct GroupSnapshotBuilder {
     store: NodeStore,
     group: GroupId,
     chunk_bytes: usize,
+    log_is_data: bool,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, snapshot) =
-            snapshot::live_snapshot(self.store.clone(), self.group, self.chunk_bytes).await?;
+        let (meta, snapshot) = snapshot::live_snapshot(
+            self.store.clone(),
+            self.group,
+            self.chunk_bytes,
+            self.log_is_data,
+        )
+        .await?;
         Ok(Snapshot { meta, snapshot })
     }
 }
@@ -171,6 +188,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 app_entries.len()
             )));
         }
+        let released = batch.released;
         let mut ops = batch.ops;
         ops.push(Op::Put(
             Family::SmMeta,
@@ -185,6 +203,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             ));
         }
         self.store.write_now(&ops)?;
+        if released.is_some() {
+            self.store.delete_released_log(self.group)?;
+        }
 
         let mut responses = responses.into_iter();
         for (entry, responder) in items {
@@ -204,6 +225,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             store: self.store.clone(),
             group: self.group,
             chunk_bytes: self.chunk_bytes,
+            log_is_data: self.log_is_data,
         }
     }
 
@@ -214,10 +236,22 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     ) -> Result<(), io::Error> {
         let group = self.group;
         tracing::info!(group_id = %group, last_log_id = ?meta.last_log_id, "installing snapshot");
-        self.store
-            .writer
-            .write(Self::begin_install_ops(group))
-            .await?;
+        let mut begin = Self::begin_install_ops(group);
+        if self.log_is_data {
+            // The snapshot carries the entries up to its last log id that its source retained;
+            // this replica's own entries up to there are replaced by them.
+            let upto = meta
+                .last_log_id
+                .map(|l| l.index.saturating_add(1))
+                .unwrap_or(0);
+            begin.push(Op::DeleteRange(
+                Family::RaftLog,
+                keys::group_prefix(group).to_vec(),
+                keys::log_key(group, upto).to_vec(),
+            ));
+            self.store.forget_deleted_log(group);
+        }
+        self.store.writer.write(begin).await?;
         let writer = self.store.writer.clone();
         snapshot
             .for_each_chunk(self.chunk_bytes, |chunk| {
@@ -253,8 +287,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let (meta, snapshot) =
-            snapshot::live_snapshot(self.store.clone(), self.group, self.chunk_bytes).await?;
+        let (meta, snapshot) = snapshot::live_snapshot(
+            self.store.clone(),
+            self.group,
+            self.chunk_bytes,
+            self.log_is_data,
+        )
+        .await?;
         // Nothing applied: no snapshot yet.
         if meta.last_log_id.is_none() {
             return Ok(None);
