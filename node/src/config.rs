@@ -106,6 +106,7 @@ impl Timing {
             TimingProfile::DataCentre => GroupSettings::controller(),
             TimingProfile::CrossRegion => GroupSettings {
                 snapshot_after_entries: GroupSettings::controller().snapshot_after_entries,
+                log_is_data: false,
                 ..GroupSettings::cross_region()
             },
         };

@@ -518,3 +518,75 @@ async fn a_lost_controller_voter_is_replaced_so_the_metadata_survives_the_next_l
     assert_eq!(desc.shards.len(), 2);
     cluster.shutdown().await;
 }
+
+/// A shard's log is its record store. Purging the log below a snapshot keeps the records, and a
+/// replica built on a new node while its leader's log is purged can only be caught up by a
+/// snapshot: the snapshot carries the retained log entries, so that replica holds every record
+/// and serves them once it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_rebuilt_from_a_snapshot_after_a_purge_holds_every_record() {
+    let mut cluster = start().await;
+    cluster.create_active(0, "rebuilt", SHARDS).await;
+    let mut written = write(&cluster, 0, "rebuilt", "before", 300).await;
+
+    // Purge every shard's log on every replica, up to what it applied.
+    for i in up(&cluster) {
+        let engine = cluster.node(i).expect("node is up").engine();
+        for g in shard_groups_on(&cluster, i) {
+            let group = engine.group(g).expect("group");
+            let applied = group.status().applied_index.expect("applied");
+            group.trigger_snapshot().await.expect("snapshot");
+            eventually(WAIT, "snapshot built", || async {
+                group.status().snapshot_index >= Some(applied)
+            })
+            .await;
+            group.purge_log(applied).await.expect("purge");
+            eventually(WAIT, "log purged", || async {
+                group.status().purged_index >= Some(applied)
+            })
+            .await;
+        }
+    }
+    assert_all_readable(&cluster, 0, "rebuilt", &written).await;
+
+    // Lose a node that holds replicas; they are rebuilt on the other node of its region.
+    let victim = 6u64;
+    let held: Vec<ShardInfo> = stream_at(&cluster, 0, "rebuilt")
+        .shards
+        .into_iter()
+        .filter(|sh| sh.replicas.contains(&victim))
+        .collect();
+    assert!(!held.is_empty(), "node {victim} holds no replica");
+    cluster.stop(victim as usize - 1).await;
+    wait_converged(&cluster, "rebuilt", victim).await;
+    let replacement = 5u64;
+
+    // Every rebuilt replica got a snapshot, and leads its shard for the reads below.
+    for sh in &held {
+        let group = cluster
+            .node(replacement as usize - 1)
+            .expect("replacement is up")
+            .engine()
+            .group(GroupId(sh.group))
+            .expect("replacement hosts the shard");
+        assert!(
+            group.status().snapshot_index.is_some(),
+            "shard {} was not rebuilt from a snapshot: {:?}",
+            sh.index,
+            group.status()
+        );
+        let leader = cluster.leader_of(sh.group).expect("shard leader");
+        cluster
+            .node(leader)
+            .expect("leader is up")
+            .engine()
+            .group(GroupId(sh.group))
+            .expect("leader hosts the shard")
+            .transfer_leader(riptide_raft::NodeId(replacement), WAIT)
+            .await
+            .expect("leadership moves to the rebuilt replica");
+    }
+    written.extend(write(&cluster, 0, "rebuilt", "after", 200).await);
+    assert_all_readable(&cluster, replacement as usize - 1, "rebuilt", &written).await;
+    cluster.shutdown().await;
+}

@@ -112,6 +112,11 @@ impl SequenceNumber {
         self.0 >> Self::POSITION_BITS
     }
 
+    /// The record's position within its log entry.
+    pub fn position(self) -> u32 {
+        (self.0 & ((1 << Self::POSITION_BITS) - 1)) as u32
+    }
+
     /// Parses a decimal sequence number named `field` in the request.
     pub fn parse(s: &str, field: &'static str) -> Result<Self, IdError> {
         if s.is_empty() || s.len() > Self::WIDTH || !s.bytes().all(|b| b.is_ascii_digit()) {

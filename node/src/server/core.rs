@@ -23,7 +23,7 @@ use crate::error::ServiceError;
 use crate::server::liveness::Liveness;
 use crate::server::peers::{MAX_HOPS, Peers, forwarded};
 use crate::shard::iterator::{IteratorError, ShardIterator};
-use crate::shard::{NewRecord, ShardCommand, ShardReader};
+use crate::shard::{ShardCommand, ShardReader};
 use crate::validate;
 
 tokio::task_local! {
@@ -1047,17 +1047,13 @@ impl Core {
                 self.take_quota(shard, &records)?;
                 charged = true;
             }
-            let cmd = ShardCommand::Put {
-                arrival_ms: self.clock.now_ms(),
-                records: records
+            let entry = ShardCommand::encode_put(
+                self.clock.now_ms(),
+                records
                     .iter()
-                    .map(|r| NewRecord {
-                        partition_key: r.partition_key.clone(),
-                        data: r.data.clone(),
-                    })
-                    .collect(),
-            };
-            match group.write(cmd.encode()).await {
+                    .map(|r| (r.partition_key.as_str(), r.data.as_ref())),
+            );
+            match group.write(entry).await {
                 Ok(out) => {
                     return Ok((0..records.len() as u32)
                         .map(|pos| Ok(SequenceNumber::from_entry(out.index, pos)))
