@@ -334,6 +334,34 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
         })
     })
     .await;
+    // The shard's log is its record store: the trimmed entries leave the log on every replica.
+    eventually(
+        Duration::from_secs(30),
+        "trimmed log entries deleted on every replica",
+        || async {
+            (0..3).all(|i| {
+                groups.iter().all(|g| {
+                    let node = cluster.node(i).expect("up");
+                    let Ok(group) = node.engine().group(riptide_raft::GroupId(*g)) else {
+                        return false;
+                    };
+                    let Ok(mark) = riptide_node::shard::ShardReader::trimmed_before(group.view())
+                    else {
+                        return false;
+                    };
+                    let mut first = None;
+                    let scanned = group.view().scan_log(0, u64::MAX, |index, _| {
+                        first = Some(index);
+                        Ok(false)
+                    });
+                    scanned.is_ok()
+                        && mark.log_index() > 0
+                        && first.is_none_or(|f| f >= mark.log_index())
+                })
+            })
+        },
+    )
+    .await;
     cluster.shutdown().await;
 }
 

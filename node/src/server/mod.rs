@@ -491,7 +491,8 @@ async fn retention_loop(core: Arc<Core>) {
     }
 }
 
-/// On every shard this node leads, removes the records older than the stream's retention.
+/// On every shard this node leads, removes the records older than the stream's retention; on
+/// every shard replica it hosts, has the log entries below the trim mark deleted.
 async fn trim_expired(core: &Core) -> Result<(), crate::error::ServiceError> {
     let controller = core.controller()?;
     let now = core.clock.now_ms();
@@ -504,6 +505,7 @@ async fn trim_expired(core: &Core) -> Result<(), crate::error::ServiceError> {
             let Ok(group) = core.engine.group(GroupId(sh.group)) else {
                 continue;
             };
+            release_trimmed(&group).await?;
             if group.status().role != Role::Leader {
                 continue;
             }
@@ -518,5 +520,28 @@ async fn trim_expired(core: &Core) -> Result<(), crate::error::ServiceError> {
             }
         }
     }
+    Ok(())
+}
+
+/// A trim releases the log entries below its mark; they are deleted once openraft purged them
+/// too, which on its own it does only every `snapshot_after_entries` entries. A shard that
+/// writes little would keep its trimmed entries for long, so this asks for a snapshot (a view
+/// of the store, nothing is copied) and a purge up to the mark. The purge goes no further
+/// than the snapshot, so one built in the background is used on the next pass.
+async fn release_trimmed(group: &riptide_raft::Group) -> Result<(), crate::error::ServiceError> {
+    let Some(upto) = ShardReader::trimmed_before(group.view())?
+        .log_index()
+        .checked_sub(1)
+    else {
+        return Ok(());
+    };
+    let status = group.status();
+    if status.purged_index.is_some_and(|p| p >= upto) {
+        return Ok(());
+    }
+    if status.snapshot_index.is_none_or(|s| s < upto) {
+        group.trigger_snapshot().await?;
+    }
+    group.purge_log(upto).await?;
     Ok(())
 }

@@ -335,8 +335,8 @@ impl ShardReader {
         Ok(Some((SequenceNumber(seq), at)))
     }
 
-    /// The first sequence number not trimmed.
-    fn trimmed_before(view: &GroupView) -> Result<SequenceNumber, StorageError> {
+    /// The first sequence number not trimmed (0 before the first trim).
+    pub fn trimmed_before(view: &GroupView) -> Result<SequenceNumber, StorageError> {
         let Some(v) = view.get(DataFamily::ShardMeta, META_TRIM)? else {
             return Ok(SequenceNumber(0));
         };

@@ -189,16 +189,19 @@ impl NodeStore {
                 // under small keys. Values of at least `BLOB_MIN_BYTES` go to blob files when
                 // their memtable is flushed and stay there: compactions rewrite only the keys,
                 // so a record's bytes are written to an SST-side file once, not once per level.
-                // A blob file is deleted when no key refers to it any more (the log purged, the
-                // records trimmed); blob garbage collection relocates what is still alive in
-                // the oldest files, for streams kept longer than their neighbours.
+                // A blob file is deleted when no key refers to it any more (the log purged and
+                // released, the records trimmed). Blob garbage collection stays off: it would
+                // relocate the oldest files' live values at every compaction, which for a log
+                // kept for its retention period is every value, rewritten again and again. The
+                // price is that a blob file holding entries of streams with different retention
+                // periods is kept until the longest of them ends.
                 Family::RaftLog | Family::Data(DataFamily::Records) => {
                     cf_opts.set_write_buffer_size(64 << 20);
                     cf_opts.set_max_write_buffer_number(4);
                     cf_opts.set_enable_blob_files(true);
                     cf_opts.set_min_blob_size(BLOB_MIN_BYTES);
                     cf_opts.set_blob_file_size(256 << 20);
-                    cf_opts.set_enable_blob_gc(true);
+                    cf_opts.set_enable_blob_gc(false);
                     // Records are stored as sent: batches of random or already compressed
                     // data gain nothing, and CPU is what bounds the write path.
                     cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
