@@ -177,6 +177,9 @@ impl NodeStore {
         opts.set_manual_wal_flush(true);
         opts.set_max_total_wal_size(256 << 20);
         opts.set_max_background_jobs(2);
+        // Flushes and compactions write with O_DIRECT: the blob files of a node taking 50 MB/s
+        // cost a fifth of its CPU in the kernel's page-cache copy when written buffered.
+        opts.set_use_direct_io_for_flush_and_compaction(true);
         opts.increase_parallelism(2);
 
         let mut block = BlockBasedOptions::default();
