@@ -17,7 +17,7 @@ pub enum StorageError {
     Closed,
     #[error(
         "the data directory {path} holds storage format {found}, and this build reads format {expected} only; \
-         move the directory away (or start the node on a new one) and let the cluster copy the replicas back"
+         there is no in-place upgrade: move the directory away and start the node on an empty one"
     )]
     Format {
         path: String,

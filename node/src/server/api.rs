@@ -275,10 +275,13 @@ impl StreamService for Api {
                 0,
             )
             .await?;
+        let group = core
+            .stream(&r.stream_name)
+            .and_then(|info| core.shard(&info, &r.shard_id).map(|sh| sh.group))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut iterator = first;
-            let mut applied = core.shard_applied.clone();
+            let mut applied = core.shard_applied.subscribe(group);
             let mut shutdown = core.shutdown.clone();
             loop {
                 if *shutdown.borrow() {

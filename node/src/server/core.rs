@@ -23,7 +23,7 @@ use crate::error::ServiceError;
 use crate::server::liveness::Liveness;
 use crate::server::peers::{MAX_HOPS, Peers, forwarded};
 use crate::shard::iterator::{IteratorError, ShardIterator};
-use crate::shard::{ShardCommand, ShardReader};
+use crate::shard::{ShardCommand, ShardReader, ShardWakers};
 use crate::validate;
 
 tokio::task_local! {
@@ -97,8 +97,8 @@ pub struct Core {
     pub engine: RaftEngine,
     pub clock: Arc<dyn Clock>,
     pub peers: Peers,
-    /// Changes after every batch a shard state machine on this node applies.
-    pub shard_applied: watch::Receiver<u64>,
+    /// Per shard group: changes after every batch its state machine applies on this node.
+    pub shard_applied: Arc<ShardWakers>,
     /// Changes after every batch the controller applies here.
     pub controller_applied: watch::Receiver<u64>,
     /// Becomes true when the node shuts down.
@@ -113,7 +113,7 @@ impl Core {
         config: NodeConfig,
         engine: RaftEngine,
         clock: Arc<dyn Clock>,
-        shard_applied: watch::Receiver<u64>,
+        shard_applied: Arc<ShardWakers>,
         controller_applied: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -781,7 +781,11 @@ impl Core {
         desc
     }
 
-    fn shard<'a>(&self, s: &'a StreamInfo, id: &str) -> Result<&'a ShardInfo, ServiceError> {
+    pub(crate) fn shard<'a>(
+        &self,
+        s: &'a StreamInfo,
+        id: &str,
+    ) -> Result<&'a ShardInfo, ServiceError> {
         let shard: ShardId = id.parse()?;
         s.shards.get(shard.0 as usize).ok_or_else(|| {
             ServiceError::not_found(format!(

@@ -40,7 +40,7 @@ use crate::config::NodeConfig;
 use crate::controller::{
     CONTROLLER_GROUP, ControllerCommand, ControllerMachine, ControllerView, NodeInfo, StreamStatus,
 };
-use crate::shard::{ShardCommand, ShardMachine, ShardReader};
+use crate::shard::{ShardCommand, ShardMachine, ShardReader, ShardWakers};
 use api::Api;
 use core::{CONTROLLER_VOTERS, Core};
 
@@ -51,7 +51,7 @@ const KIND_SHARD: &[u8] = b"shard";
 const MAX_API_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 struct Factory {
-    shard_applied: Arc<watch::Sender<u64>>,
+    shard_applied: Arc<ShardWakers>,
     controller_applied: Arc<watch::Sender<u64>>,
 }
 
@@ -61,7 +61,9 @@ impl StateMachineFactory for Factory {
             KIND_CONTROLLER => Ok(Box::new(ControllerMachine::new(
                 self.controller_applied.clone(),
             ))),
-            KIND_SHARD => Ok(Box::new(ShardMachine::new(self.shard_applied.clone()))),
+            KIND_SHARD => Ok(Box::new(ShardMachine::new(
+                self.shard_applied.sender(group.0),
+            ))),
             other => Err(StorageError::Corrupt {
                 what: format!("group {group} registration"),
                 reason: format!("unknown group kind {:?}", String::from_utf8_lossy(other)),
@@ -85,7 +87,7 @@ impl Node {
     /// Opens the node's data, binds its address and starts serving.
     pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         config.validate()?;
-        let shard_applied = Arc::new(watch::channel(0u64).0);
+        let shard_applied = Arc::new(ShardWakers::default());
         let controller_applied = Arc::new(watch::channel(0u64).0);
         let factory = Factory {
             shard_applied: shard_applied.clone(),
@@ -144,7 +146,7 @@ impl Node {
             config,
             engine.clone(),
             clock,
-            shard_applied.subscribe(),
+            shard_applied,
             controller_applied.subscribe(),
             stopped.clone(),
         ));

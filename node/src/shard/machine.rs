@@ -246,6 +246,30 @@ fn encode_last(seq: SequenceNumber, arrival_ms: u64) -> [u8; 16] {
     v
 }
 
+/// One watch per shard group on this node, bumped after every batch the group applies, so that
+/// a subscription wakes for its own shard only.
+#[derive(Default)]
+pub struct ShardWakers {
+    senders: std::sync::Mutex<std::collections::HashMap<u64, std::sync::Arc<watch::Sender<u64>>>>,
+}
+
+impl ShardWakers {
+    /// The sender of `group`'s watch, created on first use.
+    pub fn sender(&self, group: u64) -> std::sync::Arc<watch::Sender<u64>> {
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(group)
+            .or_insert_with(|| std::sync::Arc::new(watch::channel(0).0))
+            .clone()
+    }
+
+    /// A receiver that changes after every batch `group` applies on this node.
+    pub fn subscribe(&self, group: u64) -> watch::Receiver<u64> {
+        self.sender(group).subscribe()
+    }
+}
+
 /// The state machine of one shard replica.
 pub struct ShardMachine {
     /// Bumped after every applied batch, to wake the subscriptions of this node.

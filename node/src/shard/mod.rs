@@ -4,4 +4,4 @@
 pub mod iterator;
 pub mod machine;
 
-pub use machine::{NewRecord, ShardCommand, ShardMachine, ShardReader, StoredRecord};
+pub use machine::{NewRecord, ShardCommand, ShardMachine, ShardReader, ShardWakers, StoredRecord};

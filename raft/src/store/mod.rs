@@ -627,7 +627,9 @@ mod format_tests {
         let err = NodeStore::open(dir.path(), GroupCommit::On).expect_err("older format");
         let msg = err.to_string();
         assert!(
-            msg.contains("format 1") && msg.contains("format 2") && msg.contains("move the"),
+            msg.contains("format 1")
+                && msg.contains("format 2")
+                && msg.contains("move the directory"),
             "{msg}"
         );
     }
