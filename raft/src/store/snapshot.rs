@@ -196,6 +196,54 @@ pub(crate) fn chunk_to_ops(group: GroupId, mut chunk: Bytes) -> io::Result<Vec<O
     Ok(ops)
 }
 
+/// Encodes snapshot records into chunks and hands each full chunk to the consumer.
+struct ChunkSender {
+    buf: BytesMut,
+    tx: mpsc::Sender<io::Result<SnapshotFrame>>,
+    chunk_bytes: usize,
+}
+
+impl ChunkSender {
+    /// Encodes every key in `[from, to)` of `cf` in the view `snap` as a record with `code`
+    /// (keys without their group prefix). Returns false if the consumer went away or the
+    /// read failed (the error is sent on).
+    fn send_range(
+        &mut self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+        cf: &rocksdb::ColumnFamily,
+        from: &[u8],
+        to: Vec<u8>,
+        code: u8,
+    ) -> bool {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(to);
+        let it = snap.iterator_cf_opt(
+            cf,
+            ro,
+            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    let _ = self.tx.blocking_send(Err(io::Error::other(e)));
+                    return false;
+                }
+            };
+            encode_record(&mut self.buf, code, &k[keys::GROUP_PREFIX_LEN..], &v);
+            if self.buf.len() >= self.chunk_bytes
+                && self
+                    .tx
+                    .blocking_send(Ok(SnapshotFrame::Data(self.buf.split().freeze())))
+                    .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Reads the applied state of `group` from `get`, a point lookup in some view of the store.
 pub(crate) fn read_applied(
     get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, crate::error::StorageError>,
@@ -245,34 +293,22 @@ pub(crate) async fn live_snapshot(
             // Nobody asked for the data.
             return;
         }
-        let mut buf = BytesMut::with_capacity(chunk_bytes + 1024);
+        let mut out = ChunkSender {
+            buf: BytesMut::with_capacity(chunk_bytes + 1024),
+            tx,
+            chunk_bytes,
+        };
         for family in DataFamily::ALL {
-            let mut ro = rocksdb::ReadOptions::default();
-            ro.set_iterate_upper_bound(keys::group_end(group));
-            let it = snap.iterator_cf_opt(
+            let from = keys::group_prefix(group);
+            let to = keys::group_end(group);
+            if !out.send_range(
+                &snap,
                 inner.cf(Family::Data(family)),
-                ro,
-                rocksdb::IteratorMode::From(
-                    &keys::group_prefix(group),
-                    rocksdb::Direction::Forward,
-                ),
-            );
-            for item in it {
-                let (k, v) = match item {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(io::Error::other(e)));
-                        return;
-                    }
-                };
-                encode_record(&mut buf, family.code(), &k[keys::GROUP_PREFIX_LEN..], &v);
-                if buf.len() >= chunk_bytes
-                    && tx
-                        .blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze())))
-                        .is_err()
-                {
-                    return;
-                }
+                &from,
+                to,
+                family.code(),
+            ) {
+                return;
             }
         }
         if let (true, Some(applied)) = (log_is_data, applied_index) {
@@ -282,50 +318,29 @@ pub(crate) async fn live_snapshot(
             ) {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(io::Error::other(e)));
+                    let _ = out.tx.blocking_send(Err(io::Error::other(e)));
                     return;
                 }
             };
             let mut from = 0;
             if let Some(raw) = released {
                 let Ok(mark) = <[u8; 8]>::try_from(raw.as_slice()) else {
-                    let _ = tx.blocking_send(Err(io::Error::new(
+                    let _ = out.tx.blocking_send(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "released log index is not 8 bytes",
                     )));
                     return;
                 };
-                encode_record(&mut buf, CODE_RELEASED, &[], &mark);
+                encode_record(&mut out.buf, CODE_RELEASED, &[], &mark);
                 from = u64::from_be_bytes(mark).saturating_add(1);
             }
-            let mut ro = rocksdb::ReadOptions::default();
-            ro.set_iterate_upper_bound(keys::log_key(group, applied.saturating_add(1)).to_vec());
-            let it = snap.iterator_cf_opt(
-                inner.cf(Family::RaftLog),
-                ro,
-                rocksdb::IteratorMode::From(
-                    &keys::log_key(group, from),
-                    rocksdb::Direction::Forward,
-                ),
-            );
-            for item in it {
-                let (k, v) = match item {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(io::Error::other(e)));
-                        return;
-                    }
-                };
-                encode_record(&mut buf, CODE_LOG, &k[keys::GROUP_PREFIX_LEN..], &v);
-                if buf.len() >= chunk_bytes
-                    && tx
-                        .blocking_send(Ok(SnapshotFrame::Data(buf.split().freeze())))
-                        .is_err()
-                {
-                    return;
-                }
+            let from = keys::log_key(group, from);
+            let to = keys::log_key(group, applied.saturating_add(1)).to_vec();
+            if !out.send_range(&snap, inner.cf(Family::RaftLog), &from, to, CODE_LOG) {
+                return;
             }
         }
+        let ChunkSender { buf, tx, .. } = out;
         if !buf.is_empty()
             && tx
                 .blocking_send(Ok(SnapshotFrame::Data(buf.freeze())))

@@ -127,14 +127,21 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, snapshot) = snapshot::live_snapshot(
+        let (meta, snapshot) = self.live().await?;
+        Ok(Snapshot { meta, snapshot })
+    }
+}
+
+impl GroupSnapshotBuilder {
+    /// A live snapshot of the group as applied now.
+    async fn live(&self) -> io::Result<(SnapshotMeta, SnapshotData)> {
+        snapshot::live_snapshot(
             self.store.clone(),
             self.group,
             self.chunk_bytes,
             self.log_is_data,
         )
-        .await?;
-        Ok(Snapshot { meta, snapshot })
+        .await
     }
 }
 
@@ -287,13 +294,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let (meta, snapshot) = snapshot::live_snapshot(
-            self.store.clone(),
-            self.group,
-            self.chunk_bytes,
-            self.log_is_data,
-        )
-        .await?;
+        let (meta, snapshot) = self.get_snapshot_builder().await.live().await?;
         // Nothing applied: no snapshot yet.
         if meta.last_log_id.is_none() {
             return Ok(None);
