@@ -400,7 +400,9 @@ impl ShardReader {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError> {
-        let from = SequenceNumber(from).max(Self::trimmed_before(view)?);
+        // `scan_puts` starts at the trim mark, which is always an entry's first record, so a
+        // position below the mark skips nothing.
+        let from = SequenceNumber(from);
         let (first_index, first_pos) = (from.log_index(), from.position());
         let mut out = Vec::new();
         let mut bytes = 0usize;
