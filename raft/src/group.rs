@@ -177,13 +177,7 @@ impl Group {
 
     pub fn status(&self) -> GroupStatus {
         let m = self.raft.metrics().borrow_watched().clone();
-        let role = match m.state {
-            ServerState::Leader => Role::Leader,
-            ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Shutdown,
-        };
+        let role = role_of(m.state);
         let membership = m.membership_config.membership();
         GroupStatus {
             group: self.id,
@@ -203,6 +197,12 @@ impl Group {
                 .map(|(id, n)| (NodeId(*id), n.addr.clone()))
                 .collect(),
         }
+    }
+
+    /// This replica's role, without copying the rest of [`Group::status`] (for per-request
+    /// routing).
+    pub fn role(&self) -> Role {
+        role_of(self.raft.metrics().borrow_watched().state)
     }
 
     /// The leader this replica knows of.
@@ -400,5 +400,15 @@ impl Group {
             .purge_log(upto)
             .await
             .map_err(|e| self.stopped(e))
+    }
+}
+
+fn role_of(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
     }
 }

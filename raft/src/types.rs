@@ -67,6 +67,10 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Rebuilds in-memory state from the stored state. Called when the group is opened and after
     /// a snapshot has replaced the stored state.
     fn restore(&mut self, view: &GroupView) -> Result<(), StorageError>;
+
+    /// Called after the writes of an `apply` are stored and readable through the group's view
+    /// (and after `restore`), so that readers woken from here see them. Does nothing by default.
+    fn applied(&mut self) {}
 }
 
 /// Bytes proposed by the application, carried in a Raft entry.

@@ -614,13 +614,15 @@ impl StateMachine for ControllerMachine {
                 serde_json::to_vec(&reply).expect("replies always serialize"),
             ));
         }
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
         Ok(responses)
     }
 
     fn restore(&mut self, _view: &GroupView) -> Result<(), StorageError> {
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    fn applied(&mut self) {
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

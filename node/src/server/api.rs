@@ -18,6 +18,7 @@ use crate::error::ServiceError;
 use crate::server::core::Core;
 use crate::server::core::FORWARDED_TO;
 use crate::server::peers::{FORWARDED_HEADER, hops_of};
+use crate::validate;
 
 /// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
 ///
@@ -287,6 +288,10 @@ impl StreamService for Api {
                 if *shutdown.borrow() {
                     return;
                 }
+                // A batch this replica applies from here on changes `applied` again, after its
+                // records are readable: a read that comes back short has seen everything
+                // applied before this line.
+                applied.borrow_and_update();
                 let batch = match core.get_records(&iterator, 0, 0).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -295,8 +300,8 @@ impl StreamService for Api {
                     }
                 };
                 iterator = batch.next_shard_iterator.clone();
-                let empty = batch.records.is_empty();
-                if !empty {
+                if !batch.records.is_empty() {
+                    let more = may_have_more(&batch.records);
                     let continuation = batch
                         .records
                         .last()
@@ -310,6 +315,11 @@ impl StreamService for Api {
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                    if more {
+                        continue;
+                    }
+                }
+                if applied.has_changed().unwrap_or(false) {
                     continue;
                 }
                 // Caught up: wait for a local apply, or poll again soon when the leader is
@@ -324,6 +334,17 @@ impl StreamService for Api {
         });
         ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+}
+
+/// Whether a GetRecords answer may have stopped at its count or byte limit rather than at the
+/// newest applied record.
+fn may_have_more(records: &[v1::Record]) -> bool {
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum();
+    records.len() >= validate::MAX_GET_RECORDS as usize
+        || bytes > validate::MAX_GET_RECORDS_BYTES - validate::MAX_RECORD_BYTES
 }
 
 #[tonic::async_trait]

@@ -106,6 +106,34 @@ pub struct Core {
     quotas: Mutex<HashMap<u64, Bucket>>,
     /// When each node last answered, while this node leads the controller.
     liveness: Mutex<Liveness>,
+    /// Node and stream records read since the controller last applied a batch here.
+    controller_cache: Mutex<ControllerCache>,
+}
+
+/// The controller's node and stream records as this node last read them, tagged with the value
+/// of `controller_applied` seen before they were read. Every request for a shard looks up its
+/// stream, so reading the record from RocksDB and parsing its JSON each time would cost more
+/// than the rest of the lookup; any applied controller batch makes the whole cache stale.
+#[derive(Default)]
+struct ControllerCache {
+    generation: u64,
+    nodes: Option<Vec<NodeInfo>>,
+    /// Existing streams only: a name that does not exist is not remembered, so that requests
+    /// naming made-up streams cannot grow the map.
+    streams: HashMap<String, StreamInfo>,
+}
+
+impl ControllerCache {
+    /// The cache as of `generation`: emptied when it was filled under another one.
+    fn at(&mut self, generation: u64) -> &mut Self {
+        if self.generation != generation {
+            *self = Self {
+                generation,
+                ..Self::default()
+            };
+        }
+        self
+    }
 }
 
 impl Core {
@@ -127,6 +155,7 @@ impl Core {
             shutdown,
             quotas: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::new(Instant::now())),
+            controller_cache: Mutex::new(ControllerCache::default()),
         }
     }
 
@@ -149,8 +178,20 @@ impl Core {
         })
     }
 
+    fn controller_cache(&self) -> std::sync::MutexGuard<'_, ControllerCache> {
+        self.controller_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeInfo>, ServiceError> {
-        Ok(ControllerView::nodes(self.controller()?.view())?)
+        let generation = *self.controller_applied.borrow();
+        if let Some(nodes) = &self.controller_cache().at(generation).nodes {
+            return Ok(nodes.clone());
+        }
+        let nodes = ControllerView::nodes(self.controller()?.view())?;
+        self.controller_cache().at(generation).nodes = Some(nodes.clone());
+        Ok(nodes)
     }
 
     pub fn streams(&self) -> Result<Vec<StreamInfo>, ServiceError> {
@@ -159,9 +200,24 @@ impl Core {
 
     pub fn stream(&self, name: &str) -> Result<StreamInfo, ServiceError> {
         let name = StreamName::new(name)?;
-        ControllerView::stream(self.controller()?.view(), name.as_str())?.ok_or_else(|| {
-            ServiceError::not_found(format!("stream_name: stream \"{name}\" does not exist"))
-        })
+        let generation = *self.controller_applied.borrow();
+        if let Some(info) = self
+            .controller_cache()
+            .at(generation)
+            .streams
+            .get(name.as_str())
+        {
+            return Ok(info.clone());
+        }
+        let info =
+            ControllerView::stream(self.controller()?.view(), name.as_str())?.ok_or_else(|| {
+                ServiceError::not_found(format!("stream_name: stream \"{name}\" does not exist"))
+            })?;
+        self.controller_cache()
+            .at(generation)
+            .streams
+            .insert(name.as_str().to_string(), info.clone());
+        Ok(info)
     }
 
     /// Addresses to try for the controller's leader when this node does not know it.
@@ -824,20 +880,25 @@ impl Core {
 
     /// Finds the shard's leader: this node, or the addresses to forward to.
     pub async fn route(&self, shard: &ShardInfo, hops: u32) -> Result<Route, ServiceError> {
-        let nodes: HashMap<u64, String> = self
-            .nodes()?
-            .into_iter()
-            .map(|n| (n.id, n.address))
-            .collect();
+        // Only a request this node does not lead needs the other nodes' addresses.
+        let addresses = || -> Result<HashMap<u64, String>, ServiceError> {
+            Ok(self
+                .nodes()?
+                .into_iter()
+                .map(|n| (n.id, n.address))
+                .collect())
+        };
         let mut why = "no node on the forwarding path hosts it".to_string();
+        let mut known = None;
         if let Ok(group) = self.engine.group(GroupId(shard.group)) {
             if group.leader().is_none() {
                 let _ = group.wait_for_leader(LEADER_WAIT).await;
             }
-            let status = group.status();
-            if status.role == Role::Leader {
+            if group.role() == Role::Leader {
                 return Ok(Route::Local(group));
             }
+            let status = group.status();
+            let nodes = known.insert(addresses()?);
             // A replica that has not yet received the group's membership knows the leader's id
             // but not its address: the controller knows every node's address.
             let leader_addr = status.leader.and_then(|l| {
@@ -870,6 +931,10 @@ impl Core {
             )));
         }
         // Ask the other replicas, which may know the leader.
+        let nodes = match known {
+            Some(nodes) => nodes,
+            None => addresses()?,
+        };
         let addrs: Vec<String> = shard
             .replicas
             .iter()

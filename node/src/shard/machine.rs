@@ -329,13 +329,15 @@ impl StateMachine for ShardMachine {
                 &encode_last(seq, arrival_ms),
             );
         }
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
         Ok(responses)
     }
 
     fn restore(&mut self, _view: &GroupView) -> Result<(), StorageError> {
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    fn applied(&mut self) {
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

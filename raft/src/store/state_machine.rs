@@ -36,6 +36,7 @@ impl GroupStateMachine {
     ) -> Result<Self, crate::error::StorageError> {
         let view = GroupView::new(store.clone(), group);
         app.restore(&view)?;
+        app.applied();
         Ok(Self {
             store,
             group,
@@ -213,6 +214,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if released.is_some() {
             self.store.delete_released_log(self.group)?;
         }
+        self.app.applied();
 
         let mut responses = responses.into_iter();
         for (entry, responder) in items {
@@ -290,6 +292,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         ];
         self.store.writer.write(ops).await?;
         self.app.restore(&self.view)?;
+        self.app.applied();
         Ok(())
     }
 
