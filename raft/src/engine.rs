@@ -164,7 +164,12 @@ impl RaftEngine {
             inner.config.transport.snapshot_chunk_bytes,
             settings.log_is_data,
         )?;
-        let log = GroupLogStore::new(inner.store.clone(), group, settings.log_is_data)?;
+        let log = GroupLogStore::new(
+            inner.store.clone(),
+            group,
+            settings.log_is_data,
+            usize::try_from(settings.log_cache_bytes).unwrap_or(usize::MAX),
+        )?;
         let network = GroupNetworkFactory::new(inner.pool.clone(), group, inner.config.node_id);
         let raft = Raft::new(inner.config.node_id.0, Arc::new(config), network, log, sm)
             .await
@@ -283,6 +288,7 @@ impl RaftEngine {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&group);
         shutdown_raft(&handle.raft, group).await;
+        self.inner.store.inner.log_caches.remove(group);
         Ok(())
     }
 

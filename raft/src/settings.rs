@@ -35,6 +35,14 @@ pub struct GroupSettings {
     /// record is written once (the log) instead of twice (the log, then a data family).
     #[serde(default)]
     pub log_is_data: bool,
+    /// Bytes of the newest log entries each replica keeps in memory (0: none). Replication
+    /// and readers of recent entries are served from there instead of RocksDB.
+    #[serde(default = "default_log_cache_bytes")]
+    pub log_cache_bytes: u64,
+}
+
+fn default_log_cache_bytes() -> u64 {
+    4 << 20
 }
 
 impl GroupSettings {
@@ -49,6 +57,7 @@ impl GroupSettings {
             keep_entries_below_snapshot: 5_000,
             max_entries_per_append: 256,
             log_is_data: true,
+            log_cache_bytes: default_log_cache_bytes(),
         }
     }
 
@@ -63,6 +72,7 @@ impl GroupSettings {
             keep_entries_below_snapshot: 1_000,
             max_entries_per_append: 256,
             log_is_data: false,
+            log_cache_bytes: 1 << 20,
         }
     }
 
@@ -81,6 +91,7 @@ impl GroupSettings {
             keep_entries_below_snapshot: 20_000,
             max_entries_per_append: 512,
             log_is_data: true,
+            log_cache_bytes: default_log_cache_bytes(),
         }
     }
 

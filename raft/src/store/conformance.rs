@@ -54,7 +54,8 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, StoreGuard> for 
         // A group id other than 0, so that keys of neighbouring groups would show up in any
         // range that is off by one.
         let group = GroupId(42);
-        let log = GroupLogStore::new(store.clone(), group, self.log_is_data).expect("log store");
+        let log =
+            GroupLogStore::new(store.clone(), group, self.log_is_data, 1 << 20).expect("log store");
         let sm = GroupStateMachine::new(
             store.clone(),
             group,

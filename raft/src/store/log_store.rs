@@ -8,6 +8,7 @@ use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
+use super::log_cache::LogCache;
 use super::{Family, NodeStore, Op, WriteTask, decode, encode};
 use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 
@@ -29,6 +30,8 @@ pub(crate) struct GroupLogStore {
     /// The first index not purged: openraft reads nothing below it, even where a log-is-data
     /// group still holds the entries.
     first_unpurged: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The newest entries, as appended: replication reads them from here.
+    cache: std::sync::Arc<LogCache>,
 }
 
 impl GroupLogStore {
@@ -36,10 +39,13 @@ impl GroupLogStore {
         store: NodeStore,
         group: GroupId,
         log_is_data: bool,
+        cache_bytes: usize,
     ) -> Result<Self, crate::error::StorageError> {
         let purged: Option<LogId> =
             store.get_value(Family::RaftMeta, &keys::meta_key(group, META_PURGED))?;
+        let cache = store.inner.log_caches.start(group, cache_bytes);
         Ok(Self {
+            cache,
             store,
             group,
             committed_saved: Default::default(),
@@ -55,6 +61,9 @@ impl GroupLogStore {
         );
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.cache.range(start, end) {
+            return Ok(entries);
         }
         let from = keys::log_key(self.group, start);
         let to = match end {
@@ -190,13 +199,14 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let ops: Vec<Op> = entries
-            .into_iter()
+            .iter()
             .map(|e| {
                 Op::Put(
                     Family::RaftLog,
                     keys::log_key(self.group, e.log_id.index).to_vec(),
-                    encode(&e),
+                    encode(e),
                 )
             })
             .collect();
@@ -211,11 +221,14 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         // Entries must be readable when append returns; durability is reported by the callback.
         rx.await
             .unwrap_or(Err(crate::error::StorageError::Closed))
-            .map_err(io::Error::from)
+            .map_err(io::Error::from)?;
+        self.cache.appended(&entries);
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        self.cache.clear();
         let op = Op::DeleteRange(
             Family::RaftLog,
             keys::log_key(self.group, from).to_vec(),
@@ -241,6 +254,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.store.writer.write(ops).await?;
         self.first_unpurged
             .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        self.cache.purged(log_id.index);
         if self.log_is_data {
             self.store.delete_released_log(self.group)?;
         }
@@ -275,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = NodeStore::open(dir.path(), GroupCommit::On).expect("open");
         let group = GroupId(5);
-        let mut log = GroupLogStore::new(store.clone(), group, true).expect("log store");
+        let mut log = GroupLogStore::new(store.clone(), group, true, 0).expect("log store");
         let view = GroupView::new(store.clone(), group);
         let ops = (1..=10)
             .map(|i| {

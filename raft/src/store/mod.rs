@@ -3,6 +3,7 @@
 #[cfg(test)]
 mod conformance;
 pub(crate) mod keys;
+pub(crate) mod log_cache;
 pub(crate) mod log_store;
 mod log_writer;
 pub(crate) mod snapshot;
@@ -117,6 +118,8 @@ pub(crate) struct StoreInner {
     /// Log-is-data groups: serialises deleting log entries that are both purged and released,
     /// and remembers up to which index each group's entries were deleted.
     pub(crate) log_deleted: std::sync::Mutex<std::collections::HashMap<GroupId, u64>>,
+    /// The newest entries of each running group's log.
+    pub(crate) log_caches: log_cache::LogCaches,
 }
 
 impl StoreInner {
@@ -220,6 +223,7 @@ impl NodeStore {
             db,
             path: dir.to_path_buf(),
             log_deleted: Default::default(),
+            log_caches: Default::default(),
         });
         check_format(&inner)?;
         let writer = LogWriter::start(inner.clone(), group_commit)?;
@@ -279,6 +283,11 @@ impl NodeStore {
 
     /// Forgets what [`NodeStore::delete_released_log`] deleted for `group`, after its log was
     /// replaced (a snapshot install).
+    /// `group`'s cache of its newest log entries, if the group runs here.
+    pub(crate) fn log_cache(&self, group: GroupId) -> Option<Arc<log_cache::LogCache>> {
+        self.inner.log_caches.get(group)
+    }
+
     pub(crate) fn forget_deleted_log(&self, group: GroupId) {
         self.inner
             .log_deleted
@@ -557,6 +566,20 @@ impl GroupView {
         } else {
             &end
         };
+        let cached = self
+            .store
+            .log_cache(self.group)
+            .and_then(|c| c.range(from, to.checked_add(1)));
+        if let Some(entries) = cached {
+            for entry in entries {
+                if let openraft::EntryPayload::Normal(data) = entry.payload
+                    && !f(entry.log_id.index, data.0)?
+                {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         self.store.scan(Family::RaftLog, &start, end, |_, v| {
             let entry: crate::types::Entry = decode(v, "raft_log entry")?;
             match entry.payload {

@@ -260,6 +260,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             ));
             self.store.forget_deleted_log(group);
         }
+        if let Some(cache) = self.store.log_cache(group) {
+            cache.clear();
+        }
         self.store.writer.write(begin).await?;
         let writer = self.store.writer.clone();
         snapshot
