@@ -80,10 +80,23 @@ async fn set_up_stream(
         .stream
         .clone()
         .unwrap_or_else(|| format!("bench-{}", unix_ms()));
-    let created = match client.create_stream(&name, args.shards, None).await {
-        Ok(_) => true,
-        Err(e) if e.code == ErrorCode::AlreadyExists || e.code == ErrorCode::ResourceInUse => false,
-        Err(e) => return Err(anyhow::anyhow!("creating stream {name}: {e}")),
+    // A cluster that has just started may not have every node registered yet: its refusal is
+    // retryable, for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = false;
+    let created = loop {
+        match client.create_stream(&name, args.shards, None).await {
+            Ok(_) => break true,
+            // A name this run made up exists only if an earlier attempt created it.
+            Err(e) if e.code == ErrorCode::AlreadyExists || e.code == ErrorCode::ResourceInUse => {
+                break refused && args.stream.is_none();
+            }
+            Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
+                refused = true;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("creating stream {name}: {e}")),
+        }
     };
     let desc = client
         .wait_for_active(&name, Duration::from_secs(120))
