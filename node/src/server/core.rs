@@ -1365,14 +1365,24 @@ impl Core {
         };
         let view = group.view().clone();
         let position = it.position;
-        let (records, last) = tokio::task::spawn_blocking(move || {
+        let read = move || {
             let records =
                 ShardReader::read(&view, position, limit, validate::MAX_GET_RECORDS_BYTES)?;
             let last = ShardReader::last(&view)?;
             Ok::<_, riptide_raft::StorageError>((records, last))
-        })
-        .await
-        .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))??;
+        };
+        // Readers at the tail (subscriptions, live consumers) read entries still in memory:
+        // no disk to wait for, so no hand-off to the blocking pool either.
+        let (records, last) = if group
+            .view()
+            .log_cached_from(SequenceNumber(position).log_index())
+        {
+            read()?
+        } else {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))??
+        };
         let next = records
             .last()
             .map(|r| r.sequence_number.0 + 1)

@@ -104,6 +104,13 @@ impl LogCache {
         }
     }
 
+    /// Whether every entry from `index` to the log's end is held.
+    pub(crate) fn holds_from(&self, index: u64) -> bool {
+        self.tail()
+            .first_index()
+            .is_some_and(|first| first <= index)
+    }
+
     /// The entries from `start` up to `end` (exclusive; `None`: to the last one), if the cache
     /// holds every one of them. The cache's last entry is the log's last: every append goes
     /// through it.
@@ -191,6 +198,7 @@ mod tests {
             "10 is not written yet"
         );
 
+        assert!(cache.holds_from(5) && cache.holds_from(12) && !cache.holds_from(4));
         cache.purged(6);
         assert_eq!(indexes(cache.range(6, None)), None);
         assert_eq!(indexes(cache.range(7, None)), Some(vec![7, 8, 9]));

@@ -9,7 +9,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use super::log_cache::LogCache;
-use super::{Family, NodeStore, Op, WriteTask, decode, encode};
+use super::{Family, NodeStore, Op, decode, encode};
 use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 
 /// The committed log id is written at most once per this many entries. It only speeds up
@@ -210,18 +210,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 )
             })
             .collect();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.writer.submit(WriteTask {
-            ops,
-            written: Some(tx),
-            durable: Some(Box::new(move |r| {
-                callback.io_completed(r.map_err(io::Error::from));
-            })),
-        });
         // Entries must be readable when append returns; durability is reported by the callback.
-        rx.await
-            .unwrap_or(Err(crate::error::StorageError::Closed))
-            .map_err(io::Error::from)?;
+        self.store
+            .writer
+            .append(
+                ops,
+                Box::new(move |r| {
+                    callback.io_completed(r.map_err(io::Error::from));
+                }),
+            )
+            .await?;
         self.cache.appended(&entries);
         Ok(())
     }

@@ -8,6 +8,12 @@
 //! sync and then fires them all. While one sync runs, the next batches pile up and share the
 //! next one.
 //!
+//! Log appends skip the writer thread: [`LogWriter::append`] writes on the calling task and
+//! hands only the sync to the syncer thread, one thread switch fewer per append. A write that
+//! RocksDB would have to slow down or stall (memtables full, too many level-0 files) is not
+//! made there but queued for the writer thread, so that a stall never blocks the runtime's
+//! workers.
+//!
 //! The WAL is in manual-flush mode: nothing written is on disk before the syncer has flushed
 //! it, so no callback can observe durability that is not there. A failed write or sync poisons
 //! the store: every waiting and every later request fails; nothing is retried.
@@ -27,7 +33,7 @@ use crate::error::StorageError;
 pub(crate) type DurableCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 /// A unit of work for the writer: ops written atomically, and who to tell.
-pub(crate) struct WriteTask {
+struct WriteTask {
     pub ops: Vec<Op>,
     /// Released once the ops are written (readable), before they are synced.
     pub written: Option<oneshot::Sender<Result<(), StorageError>>>,
@@ -70,10 +76,19 @@ enum Msg {
     Shutdown,
 }
 
+/// What the syncer is asked: sync, then call these; or stop.
+enum SyncMsg {
+    Sync(Vec<DurableCallback>),
+    Stop,
+}
+
 /// Handle to the log writer. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct LogWriter {
     tx: mpsc::Sender<Msg>,
+    sync_tx: mpsc::Sender<SyncMsg>,
+    store: Arc<StoreInner>,
+    mode: GroupCommit,
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -84,7 +99,7 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 impl LogWriter {
     pub(crate) fn start(store: Arc<StoreInner>, mode: GroupCommit) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel::<Msg>();
-        let (sync_tx, sync_rx) = mpsc::channel::<Vec<DurableCallback>>();
+        let (sync_tx, sync_rx) = mpsc::channel::<SyncMsg>();
         let shared = Arc::new(Shared {
             poisoned: Mutex::new(None),
             stats: Mutex::new(WriterStats::default()),
@@ -93,6 +108,7 @@ impl LogWriter {
         {
             let store = store.clone();
             let shared = shared.clone();
+            let sync_tx = sync_tx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("riptide-log-writer".into())
@@ -100,6 +116,7 @@ impl LogWriter {
             );
         }
         {
+            let store = store.clone();
             let shared = shared.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -109,13 +126,73 @@ impl LogWriter {
         }
         Ok(Self {
             tx,
+            sync_tx,
+            store,
+            mode,
             shared,
             threads: Arc::new(Mutex::new(threads)),
         })
     }
 
+    /// Writes `ops` now, on the calling task, and has the syncer call `durable` once they are
+    /// synced; returns once they are readable. With group commit off, or when RocksDB would
+    /// slow the write down, the ops go through the writer thread's queue instead.
+    pub(crate) async fn append(
+        &self,
+        ops: Vec<Op>,
+        durable: DurableCallback,
+    ) -> Result<(), StorageError> {
+        if self.mode == GroupCommit::On {
+            if let Some(reason) = self.shared.poisoned() {
+                durable(Err(StorageError::Poisoned(reason.clone())));
+                return Err(StorageError::Poisoned(reason));
+            }
+            let mut opts = WriteOptions::default();
+            opts.set_sync(false);
+            opts.set_no_slowdown(true);
+            match self
+                .store
+                .db
+                .write_opt(batch_of(&self.store, ops.iter()), &opts)
+            {
+                Ok(()) => {
+                    {
+                        let mut s = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.batches += 1;
+                        s.tasks += 1;
+                    }
+                    if let Err(mpsc::SendError(SyncMsg::Sync(callbacks))) =
+                        self.sync_tx.send(SyncMsg::Sync(vec![durable]))
+                    {
+                        callbacks.into_iter().for_each(|d| {
+                            d(Err(StorageError::Poisoned(
+                                "the log writer has stopped".into(),
+                            )))
+                        });
+                    }
+                    return Ok(());
+                }
+                // RocksDB would have delayed or stopped the write: the writer thread waits.
+                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
+                Err(e) => {
+                    let reason = format!("write failed: {e}");
+                    self.shared.poison(reason.clone());
+                    durable(Err(StorageError::Poisoned(reason.clone())));
+                    return Err(StorageError::Poisoned(reason));
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.submit(WriteTask {
+            ops,
+            written: Some(tx),
+            durable: Some(durable),
+        });
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
     /// Queues a task. If the store is poisoned or shut down, the task's waiters are failed.
-    pub(crate) fn submit(&self, task: WriteTask) {
+    fn submit(&self, task: WriteTask) {
         if let Some(reason) = self.shared.poisoned() {
             fail_task(task, &reason);
             return;
@@ -165,6 +242,7 @@ impl LogWriter {
     /// Stops both threads after everything queued so far was written and synced.
     pub(crate) fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
+        // The writer thread tells the syncer to stop once its last batch is queued there.
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -199,7 +277,7 @@ fn writer_loop(
     store: Arc<StoreInner>,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Msg>,
-    sync_tx: mpsc::Sender<Vec<DurableCallback>>,
+    sync_tx: mpsc::Sender<SyncMsg>,
     mode: GroupCommit,
 ) {
     let mut write_opts = WriteOptions::default();
@@ -261,32 +339,49 @@ fn writer_loop(
             durable.into_iter().for_each(|d| d(result.clone_err()));
             continue;
         }
-        if !durable.is_empty() && sync_tx.send(durable).is_err() {
+        if !durable.is_empty() && sync_tx.send(SyncMsg::Sync(durable)).is_err() {
             break;
         }
     }
-    // Dropping sync_tx lets the syncer finish what it has and stop.
-    drop(sync_tx);
+    // The syncer syncs what it has been given so far, then stops.
+    let _ = sync_tx.send(SyncMsg::Stop);
     // Anything still queued after shutdown fails rather than hangs.
     while let Ok(Msg::Task(t)) = rx.try_recv() {
         fail_task(t, "the log writer has stopped");
     }
 }
 
-fn syncer_loop(
-    store: Arc<StoreInner>,
-    shared: Arc<Shared>,
-    rx: mpsc::Receiver<Vec<DurableCallback>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut callbacks = first;
-        while let Ok(more) = rx.try_recv() {
-            callbacks.extend(more);
+fn syncer_loop(store: Arc<StoreInner>, shared: Arc<Shared>, rx: mpsc::Receiver<SyncMsg>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        // Everything queued so far shares one sync.
+        let mut callbacks = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                SyncMsg::Sync(c) => callbacks.extend(c),
+                SyncMsg::Stop => stopping = true,
+            }
+            next = rx.try_recv().ok();
+        }
+        if callbacks.is_empty() {
+            continue;
         }
         fail::fail_point!("log_writer::before_sync");
         let result = sync_wal(&store, &shared);
         for cb in callbacks {
             cb(result.clone_err());
+        }
+    }
+    // Appends written after the stop are failed rather than left unanswered.
+    while let Ok(msg) = rx.try_recv() {
+        if let SyncMsg::Sync(late) = msg {
+            for cb in late {
+                cb(Err(StorageError::Poisoned(
+                    "the log writer has stopped".into(),
+                )));
+            }
         }
     }
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use serde::{Serialize, de::DeserializeOwned};
 
+pub(crate) use log_writer::LogWriter;
 pub use log_writer::WriterStats;
-pub(crate) use log_writer::{LogWriter, WriteTask};
 
 use crate::error::StorageError;
 use crate::types::GroupId;
@@ -544,6 +544,14 @@ impl GroupView {
         self.store.scan(Family::Data(family), &start, &end, |k, v| {
             Ok(f(&k[keys::GROUP_PREFIX_LEN..], v))
         })
+    }
+
+    /// Whether the group's entries from `index` on are all in memory, so that
+    /// [`GroupView::scan_log`] from there reads no disk.
+    pub fn log_cached_from(&self, index: u64) -> bool {
+        self.store
+            .log_cache(self.group)
+            .is_some_and(|c| c.holds_from(index))
     }
 
     /// Calls `f` with the index and application data of each normal entry of the group's log
