@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use riptide_raft::GroupSettings;
 use serde::{Deserialize, Serialize};
 
+/// Largest `record_cache_mb`.
+const MAX_RECORD_CACHE_MB: u64 = 1 << 20;
 /// Smallest `leader_balance_interval_ms` other than 0 (off).
 pub const MIN_LEADER_BALANCE_INTERVAL_MS: u64 = 1_000;
 
@@ -174,6 +176,9 @@ pub struct NodeConfig {
     /// How often the controller's leader rebalances shard leaderships (to each stream's
     /// preferred leader region, then evenly over the usable nodes); 0 turns balancing off.
     pub leader_balance_interval_ms: u64,
+    /// MiB of the newest records written to the node's blob files that it keeps in memory, so
+    /// that consumers a little behind do not read them from the disk; 0 turns the cache off.
+    pub record_cache_mb: u64,
     pub limits: Limits,
     pub timing: Timing,
 }
@@ -193,6 +198,7 @@ impl Default for NodeConfig {
             retention_check_interval_ms: 60_000,
             replica_repair_after_ms: 300_000,
             leader_balance_interval_ms: 10_000,
+            record_cache_mb: 512,
             limits: Limits::default(),
             timing: Timing::default(),
         }
@@ -275,6 +281,9 @@ impl NodeConfig {
         if let Some(v) = env("RIPTIDE_LEADER_BALANCE_INTERVAL_MS") {
             c.leader_balance_interval_ms = num("RIPTIDE_LEADER_BALANCE_INTERVAL_MS", v)?;
         }
+        if let Some(v) = env("RIPTIDE_RECORD_CACHE_MB") {
+            c.record_cache_mb = num("RIPTIDE_RECORD_CACHE_MB", v)?;
+        }
         let ConfigOverrides {
             node_id,
             listen,
@@ -311,6 +320,11 @@ impl NodeConfig {
                 .to_string();
             ConfigError::new(&key, e.to_string().trim().replace('\n', " "))
         })
+    }
+
+    /// `record_cache_mb` in bytes.
+    pub fn record_cache_bytes(&self) -> usize {
+        usize::try_from(self.record_cache_mb << 20).unwrap_or(usize::MAX)
     }
 
     /// The address other nodes use.
@@ -433,6 +447,15 @@ impl NodeConfig {
                 ),
             ));
         }
+        if self.record_cache_mb > MAX_RECORD_CACHE_MB {
+            return Err(ConfigError::new(
+                "record_cache_mb",
+                format!(
+                    "must be at most {MAX_RECORD_CACHE_MB} (1 TiB), got {}",
+                    self.record_cache_mb
+                ),
+            ));
+        }
         self.timing.validate()?;
         let l = &self.limits;
         for (key, v) in [
@@ -540,6 +563,10 @@ mod tests {
         assert_eq!(
             err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nkinesis_listen = \"4567\""),
             "kinesis_listen"
+        );
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nrecord_cache_mb = 1048577"),
+            "record_cache_mb"
         );
         assert_eq!(
             err(

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     /// it starts, so that a node's configured timeouts reach groups created before they were
     /// changed.
     pub settings_by_kind: HashMap<Vec<u8>, GroupSettings>,
+    /// Bytes of newly flushed log entries kept in memory for readers (0: none).
+    pub record_cache_bytes: usize,
 }
 
 impl EngineConfig {
@@ -46,6 +48,7 @@ impl EngineConfig {
             transport: TransportSettings::default(),
             group_commit: GroupCommit::On,
             settings_by_kind: HashMap::new(),
+            record_cache_bytes: crate::store::DEFAULT_RECORD_CACHE_BYTES,
         }
     }
 }
@@ -89,7 +92,11 @@ impl RaftEngine {
         config: EngineConfig,
         factory: Arc<dyn StateMachineFactory>,
     ) -> Result<Self, RaftError> {
-        let store = NodeStore::open(&config.data_dir.join("db"), config.group_commit)?;
+        let store = NodeStore::open_with(
+            &config.data_dir.join("db"),
+            config.group_commit,
+            config.record_cache_bytes,
+        )?;
         let pool = Arc::new(PeerPool::new(config.transport.clone()));
         let engine = Self {
             inner: Arc::new(EngineInner {

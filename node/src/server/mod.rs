@@ -95,6 +95,7 @@ impl Node {
         };
         let id = NodeId(config.node_id);
         let mut engine_config = EngineConfig::new(id, &config.data_dir);
+        engine_config.record_cache_bytes = config.record_cache_bytes();
         engine_config.settings_by_kind = HashMap::from([
             (KIND_CONTROLLER.to_vec(), config.timing.controller()),
             (KIND_SHARD.to_vec(), config.timing.shard()),

@@ -104,6 +104,9 @@ impl Op {
 /// Smallest value stored in a blob file rather than inline in an SST (log and records families).
 const BLOB_MIN_BYTES: u64 = 2048;
 
+/// Default size of a node's cache of flushed entries ([`NodeStore::open_with`]).
+pub const DEFAULT_RECORD_CACHE_BYTES: usize = 512 << 20;
+
 /// Whether the log writer merges concurrent writes into one batch and one sync (the default),
 /// or writes and syncs each request on its own (for comparison in benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,8 +171,19 @@ impl std::fmt::Debug for NodeStore {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the store in `dir` and starts its log writer.
+    /// Opens (or creates) the store in `dir` and starts its log writer, with a cache of
+    /// [`DEFAULT_RECORD_CACHE_BYTES`].
     pub fn open(dir: &Path, group_commit: GroupCommit) -> Result<Self, StorageError> {
+        Self::open_with(dir, group_commit, DEFAULT_RECORD_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir` and starts its log writer. The newest
+    /// `record_cache_bytes` of log entries written to blob files stay in memory (0: none).
+    pub fn open_with(
+        dir: &Path,
+        group_commit: GroupCommit,
+        record_cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -187,6 +201,11 @@ impl NodeStore {
 
         let mut block = BlockBasedOptions::default();
         block.set_block_size(16 << 10);
+        // Blob files are written with O_DIRECT, so unlike buffered writes they leave nothing in
+        // the page cache: without this cache a reader of entries flushed a moment ago (a
+        // consumer behind by a memtable or more) reads them from the disk.
+        let record_cache =
+            (record_cache_bytes > 0).then(|| rocksdb::Cache::new_lru_cache(record_cache_bytes));
         let families = Family::ALL.iter().map(|f| {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&block);
@@ -208,6 +227,9 @@ impl NodeStore {
                     cf_opts.set_min_blob_size(BLOB_MIN_BYTES);
                     cf_opts.set_blob_file_size(256 << 20);
                     cf_opts.set_enable_blob_gc(false);
+                    if let Some(cache) = &record_cache {
+                        cf_opts.set_blob_cache(cache);
+                    }
                     // Records are stored as sent: batches of random or already compressed
                     // data gain nothing, and CPU is what bounds the write path.
                     cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
@@ -219,6 +241,16 @@ impl NodeStore {
             ColumnFamilyDescriptor::new(f.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, families)?;
+        if record_cache.is_some() {
+            // Values written to blob files at a flush go into the cache as they are written
+            // (the Rust bindings have no setter for this option, only the options string).
+            for f in [Family::RaftLog, Family::Data(DataFamily::Records)] {
+                let cf = db
+                    .cf_handle(f.name())
+                    .expect("every column family is created when the store is opened");
+                db.set_options_cf(&cf, &[("prepopulate_blob_cache", "kFlushOnly")])?;
+            }
+        }
         let inner = Arc::new(StoreInner {
             db,
             path: dir.to_path_buf(),
@@ -371,6 +403,11 @@ impl NodeStore {
     ) -> Result<(), StorageError> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(to.to_vec());
+        if family == Family::RaftLog {
+            // A scan of old entries (a consumer reading a backlog, a follower catching up)
+            // would push the newest entries, which most readers want, out of the cache.
+            ro.fill_cache(false);
+        }
         let it = self.inner.db.iterator_cf_opt(
             self.inner.cf(family),
             ro,
@@ -663,5 +700,46 @@ mod format_tests {
                 && msg.contains("move the directory"),
             "{msg}"
         );
+    }
+}
+
+#[cfg(test)]
+mod record_cache_tests {
+    use super::*;
+
+    fn blob_cache_usage(store: &NodeStore) -> u64 {
+        let cf = store.inner.cf(Family::RaftLog);
+        store
+            .inner
+            .db
+            .property_int_value_cf(cf, "rocksdb.blob-cache-usage")
+            .expect("property")
+            .expect("the log family has a blob cache")
+    }
+
+    /// Entries flushed to blob files stay readable from memory: the flush fills the cache.
+    #[test]
+    fn a_flush_puts_the_log_entries_it_writes_to_blob_files_in_the_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = NodeStore::open_with(dir.path(), GroupCommit::On, 8 << 20).expect("opens");
+        let ops: Vec<Op> = (0..10)
+            .map(|i| {
+                Op::Put(
+                    Family::RaftLog,
+                    keys::log_key(GroupId(1), i).to_vec(),
+                    vec![7u8; 16 << 10],
+                )
+            })
+            .collect();
+        store.write_now(&ops).expect("write");
+        assert_eq!(blob_cache_usage(&store), 0, "nothing flushed yet");
+        let cf = store.inner.cf(Family::RaftLog);
+        store.inner.db.flush_cf(cf).expect("flush");
+        assert!(
+            blob_cache_usage(&store) >= 10 * (16 << 10),
+            "the flushed values are cached: {} bytes",
+            blob_cache_usage(&store)
+        );
+        store.shutdown();
     }
 }
