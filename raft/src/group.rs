@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, Instant as _, ServerState};
 
 use crate::error::RaftError;
 use crate::store::GroupView;
@@ -203,6 +203,23 @@ impl Group {
     /// routing).
     pub fn role(&self) -> Role {
         role_of(self.raft.metrics().borrow_watched().state)
+    }
+
+    /// On the leader, how long ago each other member last acknowledged a heartbeat or an
+    /// append (`None` for one that never did); `None` on any other replica.
+    pub fn follower_acks(&self) -> Option<BTreeMap<NodeId, Option<Duration>>> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let now = openraft::TokioInstant::now();
+        m.heartbeat.as_ref().map(|acks| {
+            acks.iter()
+                .filter(|(id, _)| **id != self.node.0)
+                .map(|(id, at)| {
+                    let ago = at.as_ref().map(|t| now.saturating_duration_since(**t));
+                    (NodeId(*id), ago)
+                })
+                .collect()
+        })
     }
 
     /// The leader this replica knows of.

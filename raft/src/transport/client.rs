@@ -114,7 +114,7 @@ pub(crate) struct PeerClient {
     chunk_bytes: usize,
     /// Stream openings that failed in a row. openraft's replication backoff sleeps only while
     /// it is asked for the next entry of an open stream, so a peer that refuses connections
-    /// would be retried in a tight loop; opening waits `stream_backoff` first instead.
+    /// would be retried in a tight loop; opening waits [`opening_wait`] first instead.
     failed_streams: u32,
 }
 
@@ -125,6 +125,15 @@ fn stream_backoff(failures: u32) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_millis(50u64 << (failures.min(5) - 1))
+}
+
+/// How long `stream_append` waits before opening: [`stream_backoff`], but at most half the
+/// call's soft TTL. openraft's heartbeat worker gives each heartbeat, opening included, one
+/// heartbeat interval; a wait that long would end every heartbeat before it was sent, the
+/// failure count would never go back to zero, and a follower that was unreachable once would
+/// never hear a heartbeat from this leader again (it would keep campaigning).
+fn opening_wait(failures: u32, option: &RPCOption) -> Duration {
+    stream_backoff(failures).min(option.soft_ttl() / 2)
 }
 
 fn unreachable(msg: impl ToString) -> RpcErr {
@@ -207,7 +216,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
@@ -217,7 +226,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         let (group, target, from) = (self.group.0, self.target, self.from.0);
         let client = self.client();
-        let wait = stream_backoff(self.failed_streams);
+        let wait = opening_wait(self.failed_streams, &option);
         let failed_streams = &mut self.failed_streams;
         async move {
             if !wait.is_zero() {
@@ -357,5 +366,17 @@ mod tests {
         assert_eq!(stream_backoff(5), Duration::from_millis(800));
         assert_eq!(stream_backoff(6), Duration::from_millis(800));
         assert_eq!(stream_backoff(100), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn the_wait_before_opening_leaves_time_to_open() {
+        // Heartbeats of a data shard: one 100 ms interval for the whole call.
+        let heartbeat = RPCOption::new(Duration::from_millis(100));
+        assert_eq!(opening_wait(0, &heartbeat), Duration::ZERO);
+        assert_eq!(opening_wait(1, &heartbeat), Duration::from_micros(37_500));
+        assert_eq!(opening_wait(9, &heartbeat), Duration::from_micros(37_500));
+        let long = RPCOption::new(Duration::from_secs(10));
+        assert_eq!(opening_wait(2, &long), Duration::from_millis(100));
+        assert_eq!(opening_wait(9, &long), Duration::from_millis(800));
     }
 }
