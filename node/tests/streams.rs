@@ -365,6 +365,40 @@ async fn cluster_restart_keeps_records_and_retention_trims_old_ones() {
     cluster.shutdown().await;
 }
 
+/// A stream created while the cluster is starting would get fewer replicas per shard than the
+/// cluster will have, for good: the cluster refuses it as unavailable until enough of its
+/// nodes have registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waits_for_the_starting_nodes_to_register() {
+    let mut cluster = TestCluster::start_first(3, 2, |_| {}).await;
+    let mut api = cluster.api(0).await;
+    let request = v1::CreateStreamRequest {
+        stream_name: "early".into(),
+        shard_count: 2,
+        ..Default::default()
+    };
+    let err = api
+        .create_stream(request.clone())
+        .await
+        .expect_err("two of three nodes registered");
+    assert_eq!(status_code(&err), ErrorCode::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("only 2 of the cluster's nodes"),
+        "{err:?}"
+    );
+
+    cluster.restart(2).await;
+    cluster.wait_registered(3).await;
+    api.create_stream(request)
+        .await
+        .expect("every node registered");
+    let desc = common::wait_active(&mut api, "early").await;
+    for shard in &desc.shards {
+        assert_eq!(shard.replicas.len(), 3, "{shard:?}");
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_field_and_the_limit() {
     let cluster = TestCluster::start(3, |_| {}).await;

@@ -105,7 +105,8 @@ pub enum StreamCommand {
         /// Return as soon as the cluster accepted the stream, without waiting for ACTIVE.
         #[arg(long)]
         no_wait: bool,
-        /// Give up waiting for ACTIVE after this many seconds.
+        /// Give up after this many seconds, both waiting for a cluster that is starting to
+        /// accept the stream (its nodes still registering) and waiting for ACTIVE.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },

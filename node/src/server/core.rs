@@ -462,8 +462,21 @@ impl Core {
                 }
             }
         }
-        let candidates: Vec<Candidate> = self
-            .nodes()?
+        let nodes = self.nodes()?;
+        // A cluster that is starting has nodes that have not registered yet: placing now would
+        // give every shard fewer replicas than the cluster will have, for good (repair moves
+        // replicas, it does not add them). The controller's voters are nodes the cluster was
+        // started with.
+        let voters = self.controller()?.status().voters.len();
+        let wanted = REPLICATION.min(voters);
+        if nodes.len() < wanted {
+            return Err(ServiceError::unavailable(format!(
+                "only {} of the cluster's nodes have registered with the controller, and a shard \
+                 needs {wanted} replicas; retry in a moment",
+                nodes.len()
+            )));
+        }
+        let candidates: Vec<Candidate> = nodes
             .into_iter()
             .filter(|n| !n.draining)
             .map(|n| Candidate {

@@ -42,6 +42,12 @@ where
 
 impl TestCluster {
     pub async fn start(n: usize, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        Self::start_first(n, n, tweak).await
+    }
+
+    /// A cluster of `n` nodes of which only the first `started` run (and have registered);
+    /// [`TestCluster::restart`] starts the others.
+    pub async fn start_first(n: usize, started: usize, tweak: impl Fn(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let initial: Vec<String> = ports
@@ -69,25 +75,26 @@ impl TestCluster {
             .collect();
         let clock = OffsetClock::default();
         let mut nodes = Vec::new();
-        for c in &configs {
+        for c in &configs[..started] {
             nodes.push(Some(
                 Node::start(c.clone(), Arc::new(clock.clone()))
                     .await
                     .expect("node starts"),
             ));
         }
+        nodes.resize_with(n, || None);
         let cluster = Self {
             _dir: dir,
             configs,
             nodes,
             clock,
         };
-        cluster.wait_registered().await;
+        cluster.wait_registered(started).await;
         cluster
     }
 
-    async fn wait_registered(&self) {
-        let n = self.configs.len();
+    /// Waits until every running node knows `n` registered nodes.
+    pub async fn wait_registered(&self, n: usize) {
         eventually(Duration::from_secs(60), "every node registered", || async {
             self.nodes
                 .iter()
@@ -142,7 +149,7 @@ impl TestCluster {
         for i in 0..self.nodes.len() {
             self.restart(i).await;
         }
-        self.wait_registered().await;
+        self.wait_registered(self.configs.len()).await;
     }
 
     /// Index of the node that leads `group`, if a running node says it does.
