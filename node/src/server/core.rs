@@ -472,7 +472,8 @@ impl Core {
         if nodes.len() < wanted {
             return Err(ServiceError::unavailable(format!(
                 "only {} of the cluster's nodes have registered with the controller, and a shard \
-                 needs {wanted} replicas; retry in a moment",
+                 needs {wanted} replicas; retry in a moment (a cluster that is starting registers \
+                 its nodes within seconds; one left with fewer nodes needs more nodes added)",
                 nodes.len()
             )));
         }
