@@ -105,6 +105,15 @@ impl ClientConfig {
     }
 }
 
+/// What [`Client::create_stream_when_ready`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// This call created the stream.
+    Now(v1::StreamDescription),
+    /// The stream existed after the cluster had refused an earlier attempt of this call.
+    AfterRefusal,
+}
+
 /// Settings of a new stream beyond its shard count, for [`Client::create_stream_with`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamOptions {
@@ -305,6 +314,45 @@ impl Client {
             })
             .await?;
         description_of(reply.value.stream)
+    }
+
+    /// [`Client::create_stream_with`], retried for up to `wait` while the cluster refuses it
+    /// as [`ErrorCode::Unavailable`] (a cluster that has just started, whose nodes are still
+    /// registering; `on_refusal` sees the first refusal). A stream of that name that exists
+    /// after such a refusal is [`Created::AfterRefusal`]: an earlier attempt may have been
+    /// committed although its answer was lost. Without a refusal first, an existing stream is
+    /// an error, as for `create_stream_with`.
+    pub async fn create_stream_when_ready(
+        &self,
+        name: &str,
+        shards: u32,
+        options: StreamOptions,
+        wait: Duration,
+        on_refusal: impl FnOnce(&ClientError),
+    ) -> Result<Created, ClientError> {
+        let deadline = Instant::now() + wait;
+        let mut on_refusal = Some(on_refusal);
+        loop {
+            match self.create_stream_with(name, shards, options.clone()).await {
+                Ok(desc) => return Ok(Created::Now(desc)),
+                Err(e)
+                    if on_refusal.is_none()
+                        && matches!(
+                            e.code,
+                            ErrorCode::AlreadyExists | ErrorCode::ResourceInUse
+                        ) =>
+                {
+                    return Ok(Created::AfterRefusal);
+                }
+                Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
+                    if let Some(report) = on_refusal.take() {
+                        report(&e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Polls `DescribeStream` until the stream is `ACTIVE` and returns that description.

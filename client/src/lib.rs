@@ -53,7 +53,7 @@ mod routing;
 mod subscription;
 
 pub use batching::{MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL};
-pub use client::{Client, ClientConfig, PutResult, StreamOptions};
+pub use client::{Client, ClientConfig, Created, PutResult, StreamOptions};
 pub use consumer::Consumer;
 pub use error::ClientError;
 pub use position::StartingPosition;

@@ -4,9 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestCluster, eventually, iterator, read_from, shard_groups};
+use riptide_client::{Client, Created, StreamOptions};
 use riptide_proto::v1::{self, ShardIteratorType};
 use riptide_proto::{ErrorCode, HashKeyRange, SequenceNumber, hash_key_of, shard_for, status_code};
 
@@ -387,11 +389,34 @@ async fn a_stream_waits_for_the_starting_nodes_to_register() {
         "{err:?}"
     );
 
-    cluster.restart(2).await;
-    cluster.wait_registered(3).await;
-    api.create_stream(request)
-        .await
-        .expect("every node registered");
+    // The client retries the refusal until the third node has started and registered.
+    let client = Client::connect(&cluster.endpoint(0)).await.expect("client");
+    let refusals = AtomicUsize::new(0);
+    let (created, ()) = tokio::join!(
+        client.create_stream_when_ready(
+            &request.stream_name,
+            request.shard_count,
+            StreamOptions::default(),
+            Duration::from_secs(60),
+            |e| {
+                assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+                refusals.fetch_add(1, Ordering::SeqCst);
+            },
+        ),
+        async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.restart(2).await;
+        }
+    );
+    assert!(
+        matches!(created, Ok(Created::Now(_))),
+        "created once every node registered: {created:?}"
+    );
+    assert_eq!(
+        refusals.load(Ordering::SeqCst),
+        1,
+        "the first refusal is reported once"
+    );
     let desc = common::wait_active(&mut api, "early").await;
     for shard in &desc.shards {
         assert_eq!(shard.replicas.len(), 3, "{shard:?}");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures::StreamExt;
 use riptide_client::{
-    Client, ClientConfig, ClientError, ErrorCode, Producer, ProducerConfig, SequenceNumber,
-    ShardId, StartingPosition,
+    Client, ClientConfig, ClientError, Created, ErrorCode, Producer, ProducerConfig,
+    SequenceNumber, ShardId, StartingPosition, StreamOptions,
 };
 use tokio::sync::watch;
 
@@ -81,22 +81,22 @@ async fn set_up_stream(
         .clone()
         .unwrap_or_else(|| format!("bench-{}", unix_ms()));
     // A cluster that has just started may not have every node registered yet: its refusal is
-    // retryable, for a while.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut refused = false;
-    let created = loop {
-        match client.create_stream(&name, args.shards, None).await {
-            Ok(_) => break true,
-            // A name this run made up exists only if an earlier attempt created it.
-            Err(e) if e.code == ErrorCode::AlreadyExists || e.code == ErrorCode::ResourceInUse => {
-                break refused && args.stream.is_none();
-            }
-            Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
-                refused = true;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("creating stream {name}: {e}")),
-        }
+    // retryable, for a while. A name this run made up exists only if an earlier attempt of
+    // this run created it.
+    let created = match client
+        .create_stream_when_ready(
+            &name,
+            args.shards,
+            StreamOptions::default(),
+            Duration::from_secs(30),
+            |_| {},
+        )
+        .await
+    {
+        Ok(Created::Now(_)) => true,
+        Ok(Created::AfterRefusal) => args.stream.is_none(),
+        Err(e) if e.code == ErrorCode::AlreadyExists || e.code == ErrorCode::ResourceInUse => false,
+        Err(e) => return Err(anyhow::anyhow!("creating stream {name}: {e}")),
     };
     let desc = client
         .wait_for_active(&name, Duration::from_secs(120))

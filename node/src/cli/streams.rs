@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use riptide_client::{Client, ErrorCode, StreamOptions, v1};
+use riptide_client::{Client, Created, StreamOptions, v1};
 use serde_json::json;
 
 use super::format::{status_name, stream_json, stream_text, streams_text};
@@ -24,14 +24,19 @@ pub(super) async fn run(client: &Client, out: Printer, cmd: StreamCommand) -> an
                 retention_hours,
                 preferred_leader_region,
             };
-            let mut desc = create_when_ready(
-                client,
-                &name,
-                shards,
-                options,
-                Duration::from_secs(timeout_secs),
-            )
-            .await?;
+            let created = client
+                .create_stream_when_ready(
+                    &name,
+                    shards,
+                    options,
+                    Duration::from_secs(timeout_secs),
+                    |e| eprintln!("the cluster is not ready ({}); retrying ...", e.message),
+                )
+                .await?;
+            let mut desc = match created {
+                Created::Now(desc) => desc,
+                Created::AfterRefusal => client.describe_stream(&name).await?,
+            };
             if !no_wait {
                 desc = wait_for_active(client, &name, Duration::from_secs(timeout_secs)).await?;
             }
@@ -125,43 +130,5 @@ async fn wait_for_active(
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Creates the stream, retrying for up to `timeout` while the cluster refuses for now (a
-/// cluster that has just started, whose nodes are still registering). After such a refusal, a
-/// stream of that name that exists is taken as this command's: an earlier attempt may have
-/// been committed even though its answer was lost.
-async fn create_when_ready(
-    client: &Client,
-    name: &str,
-    shards: u32,
-    options: StreamOptions,
-    timeout: Duration,
-) -> anyhow::Result<v1::StreamDescription> {
-    let deadline = Instant::now() + timeout;
-    let mut refused = false;
-    loop {
-        match client
-            .create_stream_with(name, shards, options.clone())
-            .await
-        {
-            Ok(desc) => return Ok(desc),
-            Err(e)
-                if refused
-                    && (e.code == ErrorCode::AlreadyExists
-                        || e.code == ErrorCode::ResourceInUse) =>
-            {
-                return Ok(client.describe_stream(name).await?);
-            }
-            Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
-                if !refused {
-                    eprintln!("the cluster is not ready ({}); retrying ...", e.message);
-                }
-                refused = true;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }
