@@ -547,7 +547,7 @@ impl Client {
     ) -> Result<PutResult, ClientError> {
         let request = v1::PutRecordRequest {
             stream_name: stream.to_string(),
-            data: Vec::from(data.into()),
+            data: data.into(),
             partition_key: partition_key.to_string(),
             explicit_hash_key: None,
             sequence_number_for_ordering: None,

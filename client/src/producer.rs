@@ -175,7 +175,7 @@ impl Producer {
         data: impl Into<Bytes>,
     ) -> impl Future<Output = Result<PutResult, ClientError>> + Send + 'static {
         self.send_entry(PutRecordsEntry {
-            data: Vec::from(data.into()),
+            data: data.into(),
             partition_key: partition_key.into(),
             explicit_hash_key: None,
         })

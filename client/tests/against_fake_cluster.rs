@@ -147,7 +147,8 @@ async fn put_records_resends_only_retryable_failures_and_keeps_order() {
                 9 => format!("bad {i}"),
                 _ => format!("ok {i}"),
             }
-            .into_bytes(),
+            .into_bytes()
+            .into(),
             partition_key: format!("pk-{i}"),
             explicit_hash_key: None,
         })
@@ -187,7 +188,7 @@ async fn put_records_splits_calls_at_500_records() {
     let (cluster, client) = setup(1).await;
     let records = (0..1_201)
         .map(|i| v1::PutRecordsEntry {
-            data: vec![b'x'; 10],
+            data: vec![b'x'; 10].into(),
             partition_key: format!("k{i}"),
             explicit_hash_key: None,
         })
@@ -504,7 +505,7 @@ async fn the_consumer_reads_in_pages_and_resumes_after_its_position() {
     assert!(consumer.caught_up());
     let data: Vec<String> = got
         .iter()
-        .map(|r| String::from_utf8(r.data.clone()).expect("utf-8"))
+        .map(|r| String::from_utf8(r.data.to_vec()).expect("utf-8"))
         .collect();
     assert_eq!(data, (0..25).map(|i| format!("r{i}")).collect::<Vec<_>>());
     let position = consumer.position().expect("read something");
@@ -518,7 +519,7 @@ async fn the_consumer_reads_in_pages_and_resumes_after_its_position() {
     );
     let batch = resumed.next_batch().await.expect("read");
     assert_eq!(batch.len(), 1);
-    assert_eq!(batch[0].data, b"r25");
+    assert_eq!(batch[0].data, &b"r25"[..]);
     let calls = cluster.calls("GetRecords");
     assert!(calls.iter().all(|c| c.at_leader));
 }
@@ -538,7 +539,11 @@ async fn the_consumer_renews_an_expired_iterator_without_losing_or_repeating() {
     let first = consumer.next_batch().await.expect("read");
     cluster.lock().faults.expire_next_get_records = 1;
     let second = consumer.next_batch().await.expect("renewed");
-    let all: Vec<Vec<u8>> = first.into_iter().chain(second).map(|r| r.data).collect();
+    let all: Vec<Vec<u8>> = first
+        .into_iter()
+        .chain(second)
+        .map(|r| r.data.to_vec())
+        .collect();
     assert_eq!(
         all,
         (0..6)
@@ -579,7 +584,7 @@ async fn a_subscription_delivers_each_record_once_across_broken_connections() {
             let seq = SequenceNumber::parse(&r.sequence_number, "seq").expect("valid");
             assert!(seq > *last, "out of order or repeated");
             *last = seq;
-            got.push(r.data);
+            got.push(r.data.to_vec());
         }
     };
     next(&mut got, &mut last).await;

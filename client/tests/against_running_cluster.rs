@@ -105,7 +105,7 @@ async fn put_records_land_on_the_right_shards_in_key_order() {
     let stream = new_stream(&client, "routing", 4).await;
     let entries: Vec<v1::PutRecordsEntry> = (0..2_000)
         .map(|i| v1::PutRecordsEntry {
-            data: format!("record {i}").into_bytes(),
+            data: format!("record {i}").into_bytes().into(),
             partition_key: format!("key-{}", i % 50),
             explicit_hash_key: None,
         })
@@ -205,7 +205,7 @@ async fn a_subscription_follows_its_shard_across_a_leader_transfer() {
                 let seq = SequenceNumber::parse(&r.sequence_number, "seq").expect("valid");
                 assert!(seq > last, "repeated or out of order");
                 last = seq;
-                got.push(r.data);
+                got.push(r.data.to_vec());
             }
         }
         let desc = client.describe_stream(&stream).await.expect("describe");

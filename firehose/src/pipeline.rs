@@ -442,7 +442,7 @@ fn to_item(r: v1::Record) -> Result<Item, PipelineError> {
         seq,
         partition_key: r.partition_key,
         arrival_ms: r.approximate_arrival_timestamp_ms,
-        data: r.data,
+        data: Vec::from(r.data),
     })
 }
 

@@ -513,7 +513,7 @@ async fn write_exact(client: &riptide_client::Client, stream: &str, records: &[V
         let entries: Vec<riptide_client::v1::PutRecordsEntry> = chunk
             .iter()
             .map(|r| riptide_client::v1::PutRecordsEntry {
-                data: r.clone(),
+                data: r.clone().into(),
                 partition_key: "one-key".to_string(),
                 explicit_hash_key: None,
             })

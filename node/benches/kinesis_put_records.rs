@@ -170,7 +170,7 @@ fn main() {
             records: recs
                 .iter()
                 .map(|(k, d)| v1::PutRecordsEntry {
-                    data: d.clone(),
+                    data: d.clone().into(),
                     partition_key: k.clone(),
                     explicit_hash_key: None,
                 })

@@ -17,7 +17,7 @@ async fn deleting_a_stream_removes_its_groups_and_data_everywhere() {
     let mut api = cluster.api(1).await;
     api.put_record(v1::PutRecordRequest {
         stream_name: "gone".into(),
-        data: b"old".to_vec(),
+        data: b"old".to_vec().into(),
         partition_key: "k".into(),
         ..Default::default()
     })
@@ -73,7 +73,7 @@ async fn writes_over_a_shard_quota_are_throttled_per_record() {
         stream_name: "q".into(),
         records: (0..n)
             .map(|i| v1::PutRecordsEntry {
-                data: vec![1],
+                data: vec![1].into(),
                 partition_key: format!("k{i}"),
                 explicit_hash_key: None,
             })

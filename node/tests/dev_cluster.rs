@@ -30,7 +30,7 @@ async fn read_all(api: &mut Api, name: &str) -> Vec<String> {
     read_from(api, it)
         .await
         .into_iter()
-        .map(|r| String::from_utf8(r.data).expect("utf-8"))
+        .map(|r| String::from_utf8(r.data.to_vec()).expect("utf-8"))
         .collect()
 }
 
@@ -79,7 +79,7 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     for word in ["one", "two"] {
         c3.put_record(v1::PutRecordRequest {
             stream_name: "dev".into(),
-            data: word.as_bytes().to_vec(),
+            data: word.as_bytes().to_vec().into(),
             partition_key: word.into(),
             ..Default::default()
         })

@@ -73,7 +73,7 @@ async fn produce(
             records: batch
                 .iter()
                 .map(|id| v1::PutRecordsEntry {
-                    data: format!("record-{id}").into_bytes(),
+                    data: format!("record-{id}").into_bytes().into(),
                     partition_key: keys[(*id / stride) as usize % keys.len()].clone(),
                     explicit_hash_key: None,
                 })
@@ -255,7 +255,7 @@ async fn acknowledged_records_survive_leader_kills() {
             .await
             .expect("iterator");
         for r in read_from(&mut api, it).await {
-            let text = String::from_utf8(r.data).expect("utf-8");
+            let text = String::from_utf8(r.data.to_vec()).expect("utf-8");
             let id: u64 = text
                 .strip_prefix("record-")
                 .and_then(|n| n.parse().ok())

@@ -258,7 +258,7 @@ async fn the_cli_drains_a_region_and_undrains_it() {
     api.put_record(v1::PutRecordRequest {
         stream_name: "orders".into(),
         partition_key: "k".into(),
-        data: b"after the drain".to_vec(),
+        data: bytes::Bytes::from_static(b"after the drain"),
         ..Default::default()
     })
     .await

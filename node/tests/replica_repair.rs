@@ -63,7 +63,7 @@ async fn write(
     let mut api = cluster.api(via).await;
     let records: Vec<v1::PutRecordsEntry> = (0..n)
         .map(|i| v1::PutRecordsEntry {
-            data: format!("{tag}-{i}").into_bytes(),
+            data: format!("{tag}-{i}").into_bytes().into(),
             partition_key: format!("key-{}", i % 20),
             explicit_hash_key: None,
         })
@@ -80,7 +80,7 @@ async fn write(
     resp.records
         .into_iter()
         .zip(records)
-        .map(|(r, e)| (r.shard_id, r.sequence_number, e.data))
+        .map(|(r, e)| (r.shard_id, r.sequence_number, e.data.to_vec()))
         .collect()
 }
 
@@ -121,7 +121,7 @@ async fn assert_all_readable(
             .map(|r| {
                 (
                     SequenceNumber::parse(&r.sequence_number, "sequence_number").expect("seq"),
-                    r.data,
+                    r.data.to_vec(),
                 )
             })
             .collect();

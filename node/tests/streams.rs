@@ -40,7 +40,7 @@ async fn put_all(
                 records: chunk
                     .iter()
                     .map(|(k, d)| v1::PutRecordsEntry {
-                        data: d.as_bytes().to_vec(),
+                        data: d.as_bytes().to_vec().into(),
                         partition_key: k.clone(),
                         explicit_hash_key: None,
                     })
@@ -431,7 +431,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
     let mut api = cluster.api(1).await;
     let put = |key: &str, data: Vec<u8>| v1::PutRecordRequest {
         stream_name: "t".into(),
-        data,
+        data: data.into(),
         partition_key: key.into(),
         ..Default::default()
     };
@@ -439,7 +439,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
         stream_name: "t".into(),
         records: (0..n)
             .map(|i| v1::PutRecordsEntry {
-                data: vec![b'x'; size],
+                data: vec![b'x'; size].into(),
                 partition_key: format!("k{i}"),
                 explicit_hash_key: None,
             })

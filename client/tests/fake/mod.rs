@@ -153,7 +153,7 @@ impl State {
         &mut self,
         stream: &str,
         shard: usize,
-        entries: Vec<(Vec<u8>, String)>,
+        entries: Vec<(bytes::Bytes, String)>,
     ) -> Vec<SequenceNumber> {
         let s = self.streams.get_mut(stream).expect("checked");
         let sh = &mut s.shards[shard];
@@ -508,7 +508,7 @@ impl StreamService for FakeNode {
         }
         state.stream(&r.stream_name)?;
         let mut results = vec![v1::PutRecordsResultEntry::default(); r.records.len()];
-        let mut by_shard: BTreeMap<usize, Vec<(usize, Vec<u8>, String)>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<usize, Vec<(usize, bytes::Bytes, String)>> = BTreeMap::new();
         let mut first_shard = None;
         for (i, entry) in r.records.into_iter().enumerate() {
             let shard = state.shard_of(

@@ -341,7 +341,7 @@ mod tests {
         let text = v1::Record {
             sequence_number: "00000000000000000001".into(),
             approximate_arrival_timestamp_ms: 0,
-            data: "héllo".as_bytes().to_vec(),
+            data: bytes::Bytes::from_static("héllo".as_bytes()),
             partition_key: "k".into(),
         };
         let j = record_json(ShardId(2), &text);
@@ -349,7 +349,7 @@ mod tests {
         assert!(j.get("data_hex").is_none());
         assert_eq!(j["shard_id"], "shardId-000000000002");
         let binary = v1::Record {
-            data: vec![0xc3, 0x28],
+            data: bytes::Bytes::from_static(&[0xc3, 0x28]),
             ..text
         };
         let j = record_json(ShardId(2), &binary);

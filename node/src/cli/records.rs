@@ -97,7 +97,7 @@ pub(super) async fn put(client: &Client, out: Printer, args: PutArgs) -> anyhow:
             .iter()
             .zip(&keys)
             .map(|(data, key)| v1::PutRecordsEntry {
-                data: data.clone().into_bytes(),
+                data: data.clone().into_bytes().into(),
                 partition_key: key.clone(),
                 explicit_hash_key: None,
             })

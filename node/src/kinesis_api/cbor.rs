@@ -178,7 +178,7 @@ impl Decoder<'_> {
         match (major, arg) {
             (0, Arg::Value(n)) => Ok(Value::Int(i128::from(n))),
             (1, Arg::Value(n)) => Ok(Value::Int(-1 - i128::from(n))),
-            (2, arg) => Ok(Value::Blob(self.string(2, arg, at)?)),
+            (2, arg) => Ok(Value::Blob(self.string(2, arg, at)?.into())),
             (3, arg) => Ok(Value::Text(self.text(arg, at)?)),
             (4, Arg::Value(n)) => {
                 let n = self.len(n)?;
@@ -388,7 +388,7 @@ mod tests {
             ("f5", Value::Bool(true)),
             ("f6", Value::Null),
             ("f7", Value::Null),
-            ("4401020304", Value::Blob(vec![1, 2, 3, 4])),
+            ("4401020304", Value::Blob(vec![1, 2, 3, 4].into())),
             ("6449455446", Value::text("IETF")),
             ("62c3bc", Value::text("\u{fc}")),
             (
@@ -402,7 +402,10 @@ mod tests {
                     ("b".into(), Value::Array(vec![Value::Int(2), Value::Int(3)])),
                 ]),
             ),
-            ("5f42010243030405ff", Value::Blob(vec![1, 2, 3, 4, 5])),
+            (
+                "5f42010243030405ff",
+                Value::Blob(vec![1, 2, 3, 4, 5].into()),
+            ),
             ("7f657374726561646d696e67ff", Value::text("streaming")),
             ("9f018202039f0405ffff", {
                 Value::Array(vec![
@@ -421,7 +424,7 @@ mod tests {
             // Tag 1 around seconds (the RFC's form) and a tag that is dropped.
             ("c11a514b67b0", Value::Timestamp(1_363_896_240_000)),
             ("c1fb41d452d9ec200000", Value::Timestamp(1_363_896_240_500)),
-            ("d74401020304", Value::Blob(vec![1, 2, 3, 4])),
+            ("d74401020304", Value::Blob(vec![1, 2, 3, 4].into())),
         ];
         for (h, want) in cases {
             assert_eq!(decode(&hex(h)).expect(h), want, "{h}");
@@ -448,7 +451,10 @@ mod tests {
     #[test]
     fn encoded_values_decode_to_themselves() {
         let v = Value::Map(vec![
-            ("Data".into(), Value::Blob((0..=255).collect())),
+            (
+                "Data".into(),
+                Value::Blob((0..=255).collect::<Vec<u8>>().into()),
+            ),
             ("PartitionKey".into(), Value::text("k\u{e9}y")),
             ("Count".into(), Value::Int(70_000)),
             ("Big".into(), Value::Int(5_000_000_000)),
@@ -498,7 +504,7 @@ mod tests {
         ));
         assert!(matches!(decode(&[]), Err(CborError::Truncated(0))));
         // Every prefix of a valid item is refused as truncated.
-        let full = encode(&Value::map([("a", Value::Blob(vec![1; 40]))]));
+        let full = encode(&Value::map([("a", Value::Blob(vec![1; 40].into()))]));
         for n in 0..full.len() {
             assert!(decode(&full[..n]).is_err(), "prefix of {n} bytes");
         }

@@ -8,6 +8,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use riptide_proto::ErrorCode;
 
 use crate::error::ServiceError;
@@ -21,7 +22,7 @@ pub enum Value {
     Float(f64),
     Text(String),
     /// Raw bytes: a CBOR byte string, or a blob to send.
-    Blob(Vec<u8>),
+    Blob(Bytes),
     /// Milliseconds since the Unix epoch.
     Timestamp(i64),
     Array(Vec<Value>),
@@ -323,12 +324,12 @@ impl<'a> Obj<'a> {
     }
 
     /// A blob member: base64 text in JSON, a byte string in CBOR.
-    pub fn blob(&self, member: &str) -> Result<Vec<u8>, ServiceError> {
+    pub fn blob(&self, member: &str) -> Result<Bytes, ServiceError> {
         let path = self.name(member);
         match self.get(member) {
             None => Err(validation(format!("{path}: required, but missing"))),
             Some(Value::Blob(b)) => Ok(b.clone()),
-            Some(Value::Text(s)) => BASE64.decode(s).map_err(|e| {
+            Some(Value::Text(s)) => BASE64.decode(s).map(Bytes::from).map_err(|e| {
                 ServiceError::new(
                     ErrorCode::Serialization,
                     format!("{path}: not valid base64: {e}"),
@@ -452,7 +453,7 @@ mod tests {
         assert_eq!(o.str("S").expect("S"), "x");
         assert_eq!(o.opt_int("N", 1, 10).expect("N"), Some(5));
         assert_eq!(o.opt_bool("B").expect("B"), Some(true));
-        assert_eq!(o.blob("D").expect("D"), b"hi");
+        assert_eq!(o.blob("D").expect("D"), &b"hi"[..]);
         assert_eq!(o.opt_timestamp("T").expect("T"), Some(1_700_000_000_500));
         assert_eq!(o.opt_str_list("L").expect("L"), Some(vec!["a".to_string()]));
         assert_eq!(o.opt_str_map("M").expect("M").expect("M")["k"], "v");
@@ -483,7 +484,7 @@ mod tests {
         let o = Obj::root(&v, Format::Json).expect("structure");
         let items = o.opt_list("Records").expect("list").expect("present");
         let r0 = o.item("Records", 0, &items[0]).expect("item");
-        assert_eq!(r0.blob("Data").expect("data"), b"hi");
+        assert_eq!(r0.blob("Data").expect("data"), &b"hi"[..]);
         let r1 = o.item("Records", 1, &items[1]).expect("item");
         let e = r1.blob("Data").expect_err("number");
         assert!(e.message.starts_with("Records[1].Data"), "{}", e.message);
@@ -535,7 +536,7 @@ mod tests {
         };
         assert_eq!(sorted(direct.clone()), sorted(via_tree));
         let v = Value::map([
-            ("D", Value::Blob(b"hi".to_vec())),
+            ("D", Value::Blob(Bytes::from_static(b"hi"))),
             ("T", Value::Timestamp(1_700_000_000_500)),
             ("W", Value::Timestamp(1_700_000_000_000)),
             ("L", Value::Array(vec![Value::Int(1), Value::Null])),
@@ -549,7 +550,7 @@ mod tests {
     #[test]
     fn responses_encode_blobs_and_timestamps_for_json() {
         let v = Value::map([
-            ("D", Value::Blob(b"hi".to_vec())),
+            ("D", Value::Blob(Bytes::from_static(b"hi"))),
             ("T", Value::Timestamp(1_700_000_000_500)),
             ("W", Value::Timestamp(1_700_000_000_000)),
         ]);

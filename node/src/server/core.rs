@@ -1169,7 +1169,7 @@ impl Core {
             records: records
                 .iter()
                 .map(|r| v1::PutRecordsEntry {
-                    data: r.data.to_vec(),
+                    data: r.data.clone(),
                     partition_key: r.partition_key.clone(),
                     explicit_hash_key: Some(r.hash_key.to_string()),
                 })
@@ -1411,7 +1411,7 @@ impl Core {
                 .map(|r| v1::Record {
                     sequence_number: r.sequence_number.to_string(),
                     approximate_arrival_timestamp_ms: r.arrival_ms,
-                    data: r.data.to_vec(),
+                    data: r.data,
                     partition_key: r.partition_key,
                 })
                 .collect(),
