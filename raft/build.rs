@@ -1,6 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/raft_transport.proto");
     tonic_prost_build::configure()
+        // Payloads as `Bytes`: decoding slices them out of the received message.
+        .bytes(".riptide.raft.v1.RaftRequest")
         .build_client(true)
         .build_server(true)
         .compile_protos(&["proto/raft_transport.proto"], &["proto"])?;

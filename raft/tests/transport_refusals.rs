@@ -30,7 +30,8 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
         group_id: group,
         target_node: target,
         from_node: 2,
-        payload,
+        payload: payload.into(),
+        entry_data: Vec::new(),
     };
 
     // A group this node does not host.
@@ -62,7 +63,7 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
         .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     let err = client
-        .append_entries(req(1, 1, garbage.clone()))
+        .append(req(1, 1, garbage.clone()))
         .await
         .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
@@ -76,17 +77,14 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
     let mut lying = vec![0u8; 16];
     lying[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = client
-        .append_entries(req(1, 1, lying))
+        .append(req(1, 1, lying))
         .await
         .expect_err("lying length");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     // A message larger than the limit.
     let huge = vec![0u8; 65 << 20];
-    let err = client
-        .append_entries(req(1, 1, huge))
-        .await
-        .expect_err("oversized");
+    let err = client.append(req(1, 1, huge)).await.expect_err("oversized");
     assert!(
         matches!(
             err.code(),
@@ -98,7 +96,7 @@ async fn bad_messages_are_refused_and_the_node_keeps_serving() {
     // A replication stream whose first message is garbage.
     let stream = futures::stream::iter(vec![req(1, 1, garbage.clone())]);
     let err = client
-        .stream_append(stream)
+        .append_stream(stream)
         .await
         .expect_err("garbage stream");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");

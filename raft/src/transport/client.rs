@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use openraft::OptionalSend;
 use openraft::base::{BoxFuture, BoxStream};
@@ -18,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pb::raft_transport_client::RaftTransportClient;
 use super::pb::{RaftRequest, SnapshotChunk};
-use super::{decode, encode};
+use super::{decode, encode, split_append};
 use crate::settings::TransportSettings;
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, PeerNode, TypeConfig, Vote};
@@ -155,12 +156,13 @@ fn status_error(status: tonic::Status) -> RpcErr {
 }
 
 impl PeerClient {
-    fn request(&self, payload: Vec<u8>) -> RaftRequest {
+    fn request(&self, payload: Vec<u8>, entry_data: Vec<Bytes>) -> RaftRequest {
         RaftRequest {
             group_id: self.group.0,
             target_node: self.target,
             from_node: self.from.0,
-            payload,
+            payload: payload.into(),
+            entry_data,
         }
     }
 
@@ -180,7 +182,22 @@ impl PeerClient {
         F: FnOnce(RaftTransportClient<Channel>, RaftRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<super::pb::RaftReply>, tonic::Status>>,
     {
-        let request = self.request(encode(req));
+        self.call(self.request(encode(req), Vec::new()), option, call)
+            .await
+    }
+
+    /// Sends one request and decodes the answer, within the call's deadline.
+    async fn call<Resp, F, Fut>(
+        &self,
+        request: RaftRequest,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcErr>
+    where
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<super::pb::RaftReply>, tonic::Status>>,
+    {
         let deadline = option.hard_ttl().min(self.rpc_timeout);
         let reply = tokio::time::timeout(deadline, call(self.client()?, request))
             .await
@@ -207,9 +224,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
-        self.unary(&rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
-        })
+        let (payload, entry_data) = split_append(rpc);
+        let request = self.request(payload, entry_data);
+        self.call(
+            request,
+            &option,
+            |mut c, r| async move { c.append(r).await },
+        )
         .await
     }
 
@@ -233,13 +254,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 tokio::time::sleep(wait).await;
             }
             let mut client = client.inspect_err(|_| *failed_streams += 1)?;
-            let outbound = input.map(move |req| RaftRequest {
-                group_id: group,
-                target_node: target,
-                from_node: from,
-                payload: encode(&req),
+            let outbound = input.map(move |req| {
+                let (payload, entry_data) = split_append(req);
+                RaftRequest {
+                    group_id: group,
+                    target_node: target,
+                    from_node: from,
+                    payload: payload.into(),
+                    entry_data,
+                }
             });
-            let inbound = match client.stream_append(tonic::Request::new(outbound)).await {
+            let inbound = match client.append_stream(tonic::Request::new(outbound)).await {
                 Ok(resp) => {
                     *failed_streams = 0;
                     resp.into_inner()

@@ -6,12 +6,13 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
+use openraft::raft::AppendEntriesRequest;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::raft_transport_server::RaftTransport;
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
-use super::{decode, encode};
+use super::{decode, encode, join_append};
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
@@ -56,6 +57,11 @@ fn payload<T: serde::de::DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, 
     decode(raw).map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
 }
 
+fn append_payload(req: RaftRequest) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
+    join_append(&req.payload, req.entry_data)
+        .map_err(|e| Status::invalid_argument(format!("malformed append request: {e}")))
+}
+
 fn reply<T: serde::Serialize, E: std::fmt::Display>(
     result: Result<T, E>,
 ) -> Result<Response<RaftReply>, Status> {
@@ -83,22 +89,19 @@ impl RaftTransport for TransportHandler {
         reply(raft.pre_vote(rpc).await)
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<Response<RaftReply>, Status> {
+    async fn append(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         let raft = self.route(req.group_id, req.target_node)?;
-        let rpc = payload(&req.payload, "append request")?;
+        let rpc = append_payload(req)?;
         reply(raft.append_entries(rpc).await)
     }
 
-    type StreamAppendStream = ReplyStream;
+    type AppendStreamStream = ReplyStream;
 
-    async fn stream_append(
+    async fn append_stream(
         &self,
         request: Request<Streaming<RaftRequest>>,
-    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -106,8 +109,7 @@ impl RaftTransport for TransportHandler {
             .ok_or_else(|| Status::invalid_argument("empty append stream"))?;
         let raft = self.route(first.group_id, first.target_node)?;
         let (group, target) = (first.group_id, first.target_node);
-        let first_rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
-            payload(&first.payload, "append request")?;
+        let first_rpc = append_payload(first)?;
 
         // Every later message must be for the same group and node and must decode; the input
         // ends at the first one that is not, which ends the replication stream.
@@ -116,7 +118,10 @@ impl RaftTransport for TransportHandler {
                 let ok = matches!(m, Ok(m) if m.group_id == group && m.target_node == target);
                 std::future::ready(ok)
             })
-            .map(|m| m.ok().and_then(|m| decode(&m.payload).ok()))
+            .map(|m| {
+                m.ok()
+                    .and_then(|m| join_append(&m.payload, m.entry_data).ok())
+            })
             .take_while(|m| std::future::ready(m.is_some()))
             .filter_map(std::future::ready);
         let input = futures::stream::once(std::future::ready(first_rpc)).chain(rest);
