@@ -127,7 +127,10 @@ async fn next_event(
                 }
             },
             Ok(None) => {
+                // A node ends a subscription when the shard's leadership moved away from it:
+                // ask for the shard map again, so that the subscription opens at the new leader.
                 tracing::debug!(shard = %state.shard, "subscription ended; opening it again");
+                state.client.mark_map_stale(&state.stream);
                 state.open = None;
             }
             Err(status) => {

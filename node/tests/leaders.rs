@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{TestCluster, eventually, shard_groups};
+use futures::StreamExt;
 use riptide_node::config::NodeConfig;
 use riptide_proto::ShardId;
 use riptide_proto::v1::admin_service_client::AdminServiceClient;
@@ -344,5 +345,157 @@ async fn the_cli_drains_a_region_and_undrains_it() {
         stdout.contains(&format!("is now led by node {to}")),
         "{stdout}"
     );
+    cluster.shutdown().await;
+}
+
+fn put(data: &'static [u8]) -> v1::PutRecordRequest {
+    v1::PutRecordRequest {
+        stream_name: "follow".into(),
+        data: bytes::Bytes::from_static(data),
+        partition_key: "k".into(),
+        ..Default::default()
+    }
+}
+
+async fn subscribe_raw(
+    cluster: &TestCluster,
+    node: usize,
+) -> tonic::Response<tonic::Streaming<v1::SubscribeToShardEvent>> {
+    cluster
+        .api(node)
+        .await
+        .subscribe_to_shard(v1::SubscribeToShardRequest {
+            stream_name: "follow".into(),
+            shard_id: ShardId(0).to_string(),
+            starting_position: v1::ShardIteratorType::TrimHorizon as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+}
+
+/// The data of the records of the next event of `events`; `None` once the stream has ended.
+async fn next_data(
+    events: &mut tonic::Streaming<v1::SubscribeToShardEvent>,
+) -> Option<Vec<String>> {
+    let event = tokio::time::timeout(WAIT, events.message())
+        .await
+        .expect("an event or the end in time")
+        .expect("no error")?;
+    Some(
+        event
+            .records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_follows_its_shards_leader() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    cluster.create_active(0, "follow", 1).await;
+    let group = shard_groups(cluster.node(0).expect("up"), "follow")[0];
+    eventually(WAIT, "the shard has a leader", || async {
+        cluster.leader_of(group).is_some()
+    })
+    .await;
+    let leader = cluster.leader_of(group).expect("leader");
+    let (other, third) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // One subscription opened at the leader, one at another node (as a client that does not
+    // route to leaders would). The second one's answer names the leader.
+    let at_leader = subscribe_raw(&cluster, leader).await;
+    assert!(at_leader.metadata().get("x-riptide-forwarded-to").is_none());
+    let mut at_leader = at_leader.into_inner();
+    let elsewhere = subscribe_raw(&cluster, other).await;
+    assert!(
+        elsewhere.metadata().get("x-riptide-forwarded-to").is_some(),
+        "a subscription opened away from the leader names it"
+    );
+    let mut elsewhere = elsewhere.into_inner();
+    // And one through the client crate, which routes to the leader.
+    let client = riptide_client::Client::connect(&cluster.endpoint(other))
+        .await
+        .expect("client");
+    let mut through_client = client
+        .subscribe(
+            "follow",
+            ShardId(0),
+            riptide_client::StartingPosition::TrimHorizon,
+        )
+        .await
+        .expect("client subscribe");
+
+    let mut api = cluster.api(leader).await;
+    api.put_record(put(b"before")).await.expect("put");
+    assert_eq!(next_data(&mut at_leader).await, Some(vec!["before".into()]));
+    assert_eq!(next_data(&mut elsewhere).await, Some(vec!["before".into()]));
+
+    // The leadership moves to the third node.
+    let mut admin = AdminServiceClient::connect(cluster.endpoint(leader))
+        .await
+        .expect("connect");
+    admin
+        .transfer_shard_leader(v1::TransferShardLeaderRequest {
+            stream_name: "follow".into(),
+            shard_id: ShardId(0).to_string(),
+            to_node: third as u64 + 1,
+        })
+        .await
+        .expect("transfer");
+    eventually(WAIT, "the third node leads", || async {
+        cluster.leader_of(group) == Some(third)
+    })
+    .await;
+    let mut api = cluster.api(third).await;
+    api.put_record(put(b"after")).await.expect("put");
+
+    // The subscription opened at the old leader delivers what it reads through the new one,
+    // then ends, for its client to open it again at the new leader.
+    let mut after_move = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, at_leader.message()).await {
+            Ok(Ok(Some(event))) => after_move.extend(
+                event
+                    .records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
+            ),
+            Ok(Ok(None)) => break,
+            // A read made while the leadership was moving may fail instead; the client opens
+            // the subscription again after an error as after an end.
+            Ok(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                break;
+            }
+            Err(_) => panic!("the subscription at the old leader did not end"),
+        }
+    }
+    assert!(
+        after_move.is_empty() || after_move == ["after"],
+        "{after_move:?}"
+    );
+    // The one opened elsewhere goes on reading through its node.
+    assert_eq!(next_data(&mut elsewhere).await, Some(vec!["after".into()]));
+    api.put_record(put(b"later")).await.expect("put");
+    assert_eq!(next_data(&mut elsewhere).await, Some(vec!["later".into()]));
+
+    // The client's subscription delivers every record once, in order, across the move.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let event = tokio::time::timeout(WAIT, through_client.next())
+            .await
+            .expect("an event in time")
+            .expect("the subscription goes on")
+            .expect("no error");
+        got.extend(
+            event
+                .records
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
+        );
+    }
+    assert_eq!(got, ["before", "after", "later"]);
     cluster.shutdown().await;
 }

@@ -264,24 +264,28 @@ impl StreamService for Api {
         let r = req.into_inner();
         StreamName::new(r.stream_name.as_str()).map_err(ServiceError::from)?;
         r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
-        let first = core
-            .get_shard_iterator(
-                v1::GetShardIteratorRequest {
-                    stream_name: r.stream_name.clone(),
-                    shard_id: r.shard_id.clone(),
-                    shard_iterator_type: r.starting_position,
-                    starting_sequence_number: r.starting_sequence_number.clone(),
-                    timestamp_ms: r.timestamp_ms,
-                },
-                0,
-            )
-            .await?;
+        // Forwarded when this node does not lead the shard: the answer then names the leader,
+        // so that the client opens its next subscription there.
+        let (first, forwarded_to) = tracking_forwards(core.get_shard_iterator(
+            v1::GetShardIteratorRequest {
+                stream_name: r.stream_name.clone(),
+                shard_id: r.shard_id.clone(),
+                shard_iterator_type: r.starting_position,
+                starting_sequence_number: r.starting_sequence_number.clone(),
+                timestamp_ms: r.timestamp_ms,
+            },
+            0,
+        ))
+        .await;
+        let first = first?;
         let group = core
             .stream(&r.stream_name)
             .and_then(|info| core.shard(&info, &r.shard_id).map(|sh| sh.group))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut iterator = first;
+            // Whether this node served the first read itself, leading the shard then.
+            let mut opened_at_leader = None;
             let mut applied = core.shard_applied.subscribe(group);
             let mut shutdown = core.shutdown.clone();
             loop {
@@ -292,13 +296,23 @@ impl StreamService for Api {
                 // records are readable: a read that comes back short has seen everything
                 // applied before this line.
                 applied.borrow_and_update();
-                let batch = match core.get_records(&iterator, 0, 0).await {
+                let (batch, forwarded_to) =
+                    tracking_forwards(core.get_records(&iterator, 0, 0)).await;
+                let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
+                let served_here = forwarded_to.is_none();
+                // A subscription opened at the shard's leader follows the leadership: once it
+                // has moved, the stream ends after this batch and the client opens it again at
+                // the new leader, after the last record it received, instead of every later
+                // read passing through this node. One opened elsewhere (a client that does not
+                // route to leaders) keeps reading through this node.
+                let opened_here = *opened_at_leader.get_or_insert(served_here);
+                let leader_moved = opened_here && !served_here;
                 iterator = batch.next_shard_iterator.clone();
                 if !batch.records.is_empty() {
                     let more = may_have_more(&batch.records);
@@ -315,9 +329,15 @@ impl StreamService for Api {
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                    if leader_moved {
+                        return;
+                    }
                     if more {
                         continue;
                     }
+                }
+                if leader_moved {
+                    return;
                 }
                 if applied.has_changed().unwrap_or(false) {
                     continue;
@@ -332,7 +352,10 @@ impl StreamService for Api {
                 }
             }
         });
-        ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        forwarded_reply(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            forwarded_to,
+        )
     }
 }
 
