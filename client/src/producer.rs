@@ -248,6 +248,10 @@ impl Drop for Producer {
     }
 }
 
+/// Most commands the producer's task takes in one pass of its loop before it starts the calls
+/// that are ready.
+const MAX_COMMANDS_PER_PASS: usize = 256;
+
 /// A queue key: the shard, or `None` for records routed by whichever node receives them.
 type QueueKey = Option<ShardId>;
 
@@ -283,18 +287,40 @@ impl Dispatcher {
             }
             let wake = self.next_linger_deadline();
             tokio::select! {
-                command = commands.recv(), if input_open => match command {
-                    Some(Command::Record(pending)) => self.accept(pending).await,
-                    Some(Command::Flush(tx)) => {
-                        self.flush_waiters.push((self.next_id, tx));
-                        self.answer_flushes();
+                command = commands.recv(), if input_open => {
+                    let mut next = command;
+                    let mut taken = 0;
+                    // Commands already queued are taken in the same pass, so that a burst of
+                    // records costs one round of this loop (its timer, its batch checks), not one
+                    // each.
+                    loop {
+                        match next {
+                            Some(Command::Record(pending)) => self.accept(pending).await,
+                            Some(Command::Flush(tx)) => {
+                                self.flush_waiters.push((self.next_id, tx));
+                                self.answer_flushes();
+                            }
+                            Some(Command::Close(tx)) => {
+                                closing = Some(tx);
+                                input_open = false;
+                                break;
+                            }
+                            None => {
+                                input_open = false;
+                                break;
+                            }
+                        }
+                        taken += 1;
+                        if taken == MAX_COMMANDS_PER_PASS {
+                            break;
+                        }
+                        next = match commands.try_recv() {
+                            Ok(command) => Some(command),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
                     }
-                    Some(Command::Close(tx)) => {
-                        closing = Some(tx);
-                        input_open = false;
-                    }
-                    None => input_open = false,
-                },
+                }
                 Some((key, ids)) = calls.next(), if !calls.is_empty() => {
                     if let Some(n) = self.in_flight.get_mut(&key) {
                         *n = n.saturating_sub(1);
