@@ -26,7 +26,7 @@
 //!
 //! let mut consumer = client.consumer("orders", written.shard_id, StartingPosition::TrimHorizon);
 //! let records = consumer.next_batch().await?;
-//! assert_eq!(records[0].data, b"first order");
+//! assert_eq!(records[0].data, &b"first order"[..]);
 //!
 //! // Many records: batched per shard, sent to each shard's leader.
 //! let producer = client.producer("orders", Default::default());
