@@ -84,7 +84,11 @@ pub fn tag_keys(field: &str, keys: &[String]) -> Result<(), ServiceError> {
 }
 
 /// Checks one record; `field` is its place in the request, e.g. `records[3]`.
-pub fn record(field: &str, partition_key: &str, data_len: usize) -> Result<(), ServiceError> {
+pub fn record(
+    field: impl std::fmt::Display,
+    partition_key: &str,
+    data_len: usize,
+) -> Result<(), ServiceError> {
     let chars = partition_key.chars().count();
     if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
         return Err(ServiceError::invalid(format!(

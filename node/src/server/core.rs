@@ -1046,7 +1046,12 @@ impl Core {
     ) -> Result<Vec<Result<(ShardId, SequenceNumber), ServiceError>>, ServiceError> {
         let mut total = 0usize;
         for (i, r) in records.iter().enumerate() {
-            validate::record(&format!("records[{i}]."), &r.partition_key, r.data.len())?;
+            // The field prefix is formatted only for an error.
+            validate::record(
+                format_args!("records[{i}]."),
+                &r.partition_key,
+                r.data.len(),
+            )?;
             total += r.data.len() + r.partition_key.len();
         }
         validate::put_records(records.len(), total)?;
