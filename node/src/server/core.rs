@@ -1072,7 +1072,7 @@ impl Core {
             slot.0.push(i);
             slot.1.push(RoutedRecord {
                 partition_key: r.partition_key,
-                data: Bytes::from(r.data),
+                data: r.data,
                 hash_key,
             });
         }
