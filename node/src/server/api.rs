@@ -329,10 +329,7 @@ impl StreamService for Api {
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
-                    if leader_moved {
-                        return;
-                    }
-                    if more {
+                    if more && !leader_moved {
                         continue;
                     }
                 }
