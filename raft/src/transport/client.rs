@@ -155,15 +155,26 @@ fn status_error(status: tonic::Status) -> RpcErr {
     }
 }
 
+/// A message of `group` from node `from` to node `target`.
+fn raft_request(
+    group: u64,
+    target: u64,
+    from: u64,
+    payload: Vec<u8>,
+    entry_data: Vec<Bytes>,
+) -> RaftRequest {
+    RaftRequest {
+        group_id: group,
+        target_node: target,
+        from_node: from,
+        payload: payload.into(),
+        entry_data,
+    }
+}
+
 impl PeerClient {
     fn request(&self, payload: Vec<u8>, entry_data: Vec<Bytes>) -> RaftRequest {
-        RaftRequest {
-            group_id: self.group.0,
-            target_node: self.target,
-            from_node: self.from.0,
-            payload: payload.into(),
-            entry_data,
-        }
+        raft_request(self.group.0, self.target, self.from.0, payload, entry_data)
     }
 
     fn client(&self) -> Result<RaftTransportClient<Channel>, RpcErr> {
@@ -256,13 +267,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let mut client = client.inspect_err(|_| *failed_streams += 1)?;
             let outbound = input.map(move |req| {
                 let (payload, entry_data) = split_append(req);
-                RaftRequest {
-                    group_id: group,
-                    target_node: target,
-                    from_node: from,
-                    payload: payload.into(),
-                    entry_data,
-                }
+                raft_request(group, target, from, payload, entry_data)
             });
             let inbound = match client.append_stream(tonic::Request::new(outbound)).await {
                 Ok(resp) => {
