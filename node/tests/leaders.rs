@@ -374,6 +374,15 @@ async fn subscribe_raw(
         .expect("subscribe")
 }
 
+/// The data of an event's records, as text.
+fn texts(event: &v1::SubscribeToShardEvent) -> Vec<String> {
+    event
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect()
+}
+
 /// The data of the records of the next event of `events`; `None` once the stream has ended.
 async fn next_data(
     events: &mut tonic::Streaming<v1::SubscribeToShardEvent>,
@@ -382,13 +391,7 @@ async fn next_data(
         .await
         .expect("an event or the end in time")
         .expect("no error")?;
-    Some(
-        event
-            .records
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
-            .collect(),
-    )
+    Some(texts(&event))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,12 +459,7 @@ async fn a_subscription_follows_its_shards_leader() {
     let mut after_move = Vec::new();
     loop {
         match tokio::time::timeout(WAIT, at_leader.message()).await {
-            Ok(Ok(Some(event))) => after_move.extend(
-                event
-                    .records
-                    .iter()
-                    .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
-            ),
+            Ok(Ok(Some(event))) => after_move.extend(texts(&event)),
             Ok(Ok(None)) => break,
             // A read made while the leadership was moving may fail instead; the client opens
             // the subscription again after an error as after an end.
@@ -489,12 +487,7 @@ async fn a_subscription_follows_its_shards_leader() {
             .expect("an event in time")
             .expect("the subscription goes on")
             .expect("no error");
-        got.extend(
-            event
-                .records
-                .iter()
-                .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
-        );
+        got.extend(texts(&event));
     }
     assert_eq!(got, ["before", "after", "later"]);
     cluster.shutdown().await;
