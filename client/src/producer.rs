@@ -39,9 +39,14 @@ pub struct ProducerConfig {
     pub max_batch_records: usize,
     /// Most bytes (data plus partition keys) per call (default and maximum 5 MiB).
     pub max_batch_bytes: usize,
-    /// Most calls in flight per shard (default 4). Above 1, calls of one shard may commit in
-    /// another order than they were sent (and retried records always land later), so records
-    /// of one partition key keep their order only with 1.
+    /// Most calls in flight per shard (default 1). While a shard's call is out, its records
+    /// gather into the next batch, so a busy producer sends fewer and larger calls, and each
+    /// call costs the cluster a Raft entry, a WAL write and an fsync on every replica. Above
+    /// 1, calls of one shard may commit in another order than they were sent (and retried
+    /// records always land later), so records of one partition key keep their order only
+    /// with 1. One call carries at most 500 records, so a producer writes at most 500
+    /// records per shard per round trip; raise this when the round trip is long (another
+    /// region) and one producer must write faster than that to one shard.
     pub max_in_flight: usize,
     /// Most sends of one record before its retryable error is given up on (default 10); the
     /// client's retry deadline also bounds them.
@@ -54,7 +59,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             max_batch_records: MAX_RECORDS_PER_CALL,
             max_batch_bytes: MAX_BYTES_PER_CALL,
-            max_in_flight: 4,
+            max_in_flight: 1,
             max_attempts: 10,
         }
     }
@@ -120,8 +125,8 @@ fn closed() -> ClientError {
 
 /// A batching writer to one stream. Made by [`Client::producer`].
 ///
-/// Records sent with one partition key go to one shard and, with `max_in_flight` 1 and no
-/// retries, are written in the order sent.
+/// Records sent with one partition key go to one shard and, with `max_in_flight` 1 (the
+/// default) and no retries, are written in the order sent.
 #[derive(Debug)]
 pub struct Producer {
     stream: String,

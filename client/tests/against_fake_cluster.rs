@@ -408,6 +408,48 @@ async fn the_producer_batches_per_shard_and_acknowledges_every_record() {
     producer.close().await;
 }
 
+/// Sends 200 records of one key in batches of 10 to a one-shard fake whose answers take 20 ms,
+/// and returns the most PutRecords calls the shard had open at once.
+async fn most_calls_open_for_one_key(max_in_flight: Option<usize>) -> usize {
+    let (cluster, client) = setup(1).await;
+    cluster.lock().faults.put_answer_delay = Some(Duration::from_millis(20));
+    let mut config = ProducerConfig {
+        linger: Duration::from_millis(1),
+        max_batch_records: 10,
+        ..ProducerConfig::default()
+    };
+    if let Some(n) = max_in_flight {
+        config.max_in_flight = n;
+    }
+    let producer = client.producer(STREAM, config);
+    let acks: Vec<_> = (0..200)
+        .map(|i| producer.send("one key", format!("event {i:03}")))
+        .collect();
+    for r in futures::future::join_all(acks).await {
+        r.expect("acknowledged");
+    }
+    producer.close().await;
+    if max_in_flight.is_none() {
+        let stored: Vec<String> = cluster
+            .records(STREAM, 0)
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect();
+        let sent: Vec<String> = (0..200).map(|i| format!("event {i:03}")).collect();
+        assert_eq!(stored, sent, "one key's records out of order");
+    }
+    let most = cluster.lock().most_puts_open;
+    most
+}
+
+#[tokio::test]
+async fn by_default_the_producer_keeps_one_call_per_shard_and_one_keys_order() {
+    assert_eq!(most_calls_open_for_one_key(None).await, 1);
+    // The same workload with more calls allowed does overlap them, so the count above is
+    // a real measurement.
+    assert!(most_calls_open_for_one_key(Some(4)).await > 1);
+}
+
 #[tokio::test]
 async fn the_producer_resends_throttled_records_and_counts_them() {
     let (cluster, client) = setup(2).await;

@@ -50,6 +50,8 @@ pub struct Faults {
     pub lagging_nodes: HashMap<u64, u32>,
     /// Name the serving node by address rather than id in the forwarding header.
     pub forward_by_address: bool,
+    /// Hold every PutRecords answer this long after its records are stored.
+    pub put_answer_delay: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,11 @@ pub struct State {
     /// Bumped to break every open subscription.
     subscription_epoch: u64,
     page_size: usize,
+    /// PutRecords calls stored and not yet answered, per shard (first record's), while
+    /// `put_answer_delay` holds them.
+    puts_open: HashMap<u32, usize>,
+    /// The most such calls one shard had at once.
+    pub most_puts_open: usize,
 }
 
 impl State {
@@ -501,61 +508,81 @@ impl StreamService for FakeNode {
         request: Request<v1::PutRecordsRequest>,
     ) -> Result<Response<v1::PutRecordsResponse>, Status> {
         let r = request.into_inner();
-        let mut state = self.lock();
-        if let Err(e) = state.fault("PutRecords") {
-            self.log_failure(&mut state, "PutRecords");
-            return Err(e);
-        }
-        state.stream(&r.stream_name)?;
-        let mut results = vec![v1::PutRecordsResultEntry::default(); r.records.len()];
-        let mut by_shard: BTreeMap<usize, Vec<(usize, bytes::Bytes, String)>> = BTreeMap::new();
-        let mut first_shard = None;
-        for (i, entry) in r.records.into_iter().enumerate() {
-            let shard = state.shard_of(
-                &r.stream_name,
-                &entry.partition_key,
-                entry.explicit_hash_key.as_deref(),
-            )?;
-            first_shard.get_or_insert(shard);
-            if let Some((prefix, left)) = state.faults.throttle_prefix.as_mut()
-                && *left > 0
-                && entry.data.starts_with(prefix.as_bytes())
-            {
-                *left -= 1;
-                results[i].error_code = ErrorCode::Throttled.name().into();
-                results[i].error_message = "shard throughput exceeded".into();
-                continue;
+        // The lock is not held while an answer is delayed.
+        let (reply, count, first_shard, delay) = {
+            let mut state = self.lock();
+            if let Err(e) = state.fault("PutRecords") {
+                self.log_failure(&mut state, "PutRecords");
+                return Err(e);
             }
-            if let Some(prefix) = &state.faults.invalid_prefix
-                && entry.data.starts_with(prefix.as_bytes())
-            {
-                results[i].error_code = ErrorCode::InvalidArgument.name().into();
-                results[i].error_message = format!("records[{i}].data: refused by the test");
-                continue;
+            state.stream(&r.stream_name)?;
+            let mut results = vec![v1::PutRecordsResultEntry::default(); r.records.len()];
+            let mut by_shard: BTreeMap<usize, Vec<(usize, bytes::Bytes, String)>> = BTreeMap::new();
+            let mut first_shard = None;
+            for (i, entry) in r.records.into_iter().enumerate() {
+                let shard = state.shard_of(
+                    &r.stream_name,
+                    &entry.partition_key,
+                    entry.explicit_hash_key.as_deref(),
+                )?;
+                first_shard.get_or_insert(shard);
+                if let Some((prefix, left)) = state.faults.throttle_prefix.as_mut()
+                    && *left > 0
+                    && entry.data.starts_with(prefix.as_bytes())
+                {
+                    *left -= 1;
+                    results[i].error_code = ErrorCode::Throttled.name().into();
+                    results[i].error_message = "shard throughput exceeded".into();
+                    continue;
+                }
+                if let Some(prefix) = &state.faults.invalid_prefix
+                    && entry.data.starts_with(prefix.as_bytes())
+                {
+                    results[i].error_code = ErrorCode::InvalidArgument.name().into();
+                    results[i].error_message = format!("records[{i}].data: refused by the test");
+                    continue;
+                }
+                by_shard
+                    .entry(shard)
+                    .or_default()
+                    .push((i, entry.data, entry.partition_key));
             }
-            by_shard
-                .entry(shard)
-                .or_default()
-                .push((i, entry.data, entry.partition_key));
-        }
-        let count = results.len();
-        for (shard, entries) in by_shard {
-            let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
-            let seqs = state.append(
-                &r.stream_name,
-                shard,
-                entries.into_iter().map(|(_, d, k)| (d, k)).collect(),
-            );
-            for (i, seq) in indices.into_iter().zip(seqs) {
-                results[i].shard_id = ShardId(shard as u32).to_string();
-                results[i].sequence_number = seq.to_string();
+            let count = results.len();
+            for (shard, entries) in by_shard {
+                let indices: Vec<usize> = entries.iter().map(|e| e.0).collect();
+                let seqs = state.append(
+                    &r.stream_name,
+                    shard,
+                    entries.into_iter().map(|(_, d, k)| (d, k)).collect(),
+                );
+                for (i, seq) in indices.into_iter().zip(seqs) {
+                    results[i].shard_id = ShardId(shard as u32).to_string();
+                    results[i].sequence_number = seq.to_string();
+                }
             }
-        }
-        let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
-        let reply = v1::PutRecordsResponse {
-            records: results,
-            failed_record_count: failed,
+            let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
+            let reply = v1::PutRecordsResponse {
+                records: results,
+                failed_record_count: failed,
+            };
+            let delay = state.faults.put_answer_delay;
+            if let (Some(_), Some(first)) = (delay, first_shard) {
+                let open = state.puts_open.entry(first as u32).or_default();
+                *open += 1;
+                let now_open = *open;
+                state.most_puts_open = state.most_puts_open.max(now_open);
+            }
+            (reply, count, first_shard, delay)
         };
+        if let (Some(delay), Some(_)) = (delay, first_shard) {
+            tokio::time::sleep(delay).await;
+        }
+        let mut state = self.lock();
+        if let (Some(_), Some(first)) = (delay, first_shard)
+            && let Some(open) = state.puts_open.get_mut(&(first as u32))
+        {
+            *open -= 1;
+        }
         let shard = first_shard.map(|s| (r.stream_name.as_str(), s));
         Ok(self.respond(&mut state, "PutRecords", shard, count, reply))
     }

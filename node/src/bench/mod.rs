@@ -80,8 +80,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub linger: Duration,
     /// PutRecords calls in flight per shard per producer (with --api kinesis: per producer).
-    #[arg(long, default_value_t = 4)]
-    pub in_flight: usize,
+    /// Default: the client producer's (1 per shard) with grpc, 4 per producer with kinesis.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
     /// Closed loop: records each producer keeps unacknowledged.
     #[arg(long, default_value_t = 1000)]
     pub window: usize,
@@ -147,7 +148,7 @@ impl BenchArgs {
             partition_keys: self.partition_keys,
             batch_records: Some(self.batch_records),
             linger_ms: Some(self.linger.as_secs_f64() * 1e3),
-            in_flight_calls: Some(self.in_flight),
+            in_flight_calls: Some(self.in_flight()),
             load: if self.rate.is_some() {
                 "open"
             } else {
@@ -172,6 +173,15 @@ impl BenchArgs {
         }
     }
 
+    /// Calls in flight: per shard per producer with grpc, per producer with kinesis.
+    fn in_flight(&self) -> usize {
+        self.in_flight.unwrap_or(match self.api {
+            Api::Grpc => riptide_client::ProducerConfig::default().max_in_flight,
+            // One producer's calls for every shard share this limit.
+            Api::Kinesis => 4,
+        })
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.producers >= 1, "--producers must be at least 1");
         anyhow::ensure!(self.shards >= 1, "--shards must be at least 1");
@@ -180,7 +190,10 @@ impl BenchArgs {
             "--batch-records must be 1 to {}",
             riptide_client::MAX_RECORDS_PER_CALL
         );
-        anyhow::ensure!(self.in_flight >= 1, "--in-flight must be at least 1");
+        anyhow::ensure!(
+            self.in_flight.is_none_or(|n| n >= 1),
+            "--in-flight must be at least 1"
+        );
         anyhow::ensure!(self.window >= 1, "--window must be at least 1");
         anyhow::ensure!(
             self.rate.is_none_or(|r| r.is_finite() && r > 0.0),

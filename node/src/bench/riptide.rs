@@ -425,7 +425,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let producer_config = ProducerConfig {
         linger: args.linger,
         max_batch_records: args.batch_records,
-        max_in_flight: args.in_flight,
+        max_in_flight: args.in_flight(),
         ..ProducerConfig::default()
     };
     let publishers: Vec<Box<dyn Publisher>> = (0..args.producers)
@@ -436,7 +436,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
                     stream.clone(),
                     args.batch_records,
                     args.linger,
-                    args.in_flight,
+                    args.in_flight(),
                 )),
                 None => Box::new(RiptidePublisher {
                     producer: client.producer(&stream, producer_config.clone()),
