@@ -438,8 +438,7 @@ async fn most_calls_open_for_one_key(max_in_flight: Option<usize>) -> usize {
         let sent: Vec<String> = (0..200).map(|i| format!("event {i:03}")).collect();
         assert_eq!(stored, sent, "one key's records out of order");
     }
-    let most = cluster.lock().most_puts_open;
-    most
+    cluster.lock().most_puts_open
 }
 
 #[tokio::test]
