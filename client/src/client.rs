@@ -675,6 +675,7 @@ impl Client {
             let request = v1::PutRecordsRequest {
                 stream_name: stream.to_string(),
                 records: pending.iter().map(|&i| entries[i].clone()).collect(),
+                numeric_positions: true,
             };
             for &i in &pending {
                 attempts[i] += 1;
@@ -1245,9 +1246,10 @@ fn record_outcome(
         let code = entry.error_code.parse().unwrap_or(ErrorCode::Internal);
         return Err(ClientError::new(code, entry.error_message));
     }
+    let (shard_id, sequence_number) = entry.position().map_err(ClientError::malformed)?;
     Ok(PutResult {
-        shard_id: parse_shard_id(&entry.shard_id)?,
-        sequence_number: parse_sequence(&entry.sequence_number)?,
+        shard_id,
+        sequence_number,
         attempts,
     })
 }

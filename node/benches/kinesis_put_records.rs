@@ -175,6 +175,7 @@ fn main() {
                     explicit_hash_key: None,
                 })
                 .collect(),
+            numeric_positions: false,
         };
         let mut grpc = grpc.clone();
         async move {

@@ -78,6 +78,7 @@ async fn writes_over_a_shard_quota_are_throttled_per_record() {
                 explicit_hash_key: None,
             })
             .collect(),
+        numeric_positions: false,
     };
     let first = api.put_records(batch(80)).await.expect("put").into_inner();
     assert_eq!(first.failed_record_count, 0);

@@ -78,6 +78,7 @@ async fn produce(
                     explicit_hash_key: None,
                 })
                 .collect(),
+            numeric_positions: false,
         };
         let client = match clients.get(&node) {
             Some(c) => Some(c.clone()),

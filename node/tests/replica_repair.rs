@@ -72,6 +72,7 @@ async fn write(
         .put_records(v1::PutRecordsRequest {
             stream_name: stream.into(),
             records: records.clone(),
+            numeric_positions: false,
         })
         .await
         .expect("put records")

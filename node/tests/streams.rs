@@ -26,14 +26,16 @@ fn ranges(d: &v1::StreamDescription) -> Vec<HashKeyRange> {
 }
 
 /// Puts `records` as (partition key, data) through node `via`, 500 per call; returns the
-/// shard index and sequence number of each, in order.
+/// shard index and sequence number of each, in order. Every other call asks for numeric
+/// positions, so both answer forms are checked against the records read back.
 async fn put_all(
     api: &mut common::Api,
     stream: &str,
     records: &[(String, String)],
 ) -> Vec<(u32, SequenceNumber)> {
     let mut out = Vec::new();
-    for chunk in records.chunks(500) {
+    for (call, chunk) in records.chunks(500).enumerate() {
+        let numeric = call % 2 == 1;
         let resp = api
             .put_records(v1::PutRecordsRequest {
                 stream_name: stream.into(),
@@ -45,6 +47,7 @@ async fn put_all(
                         explicit_hash_key: None,
                     })
                     .collect(),
+                numeric_positions: numeric,
             })
             .await
             .expect("put records")
@@ -56,11 +59,14 @@ async fn put_all(
             resp.records.iter().find(|r| !r.error_code.is_empty())
         );
         for r in resp.records {
-            let shard: riptide_proto::ShardId = r.shard_id.parse().expect("shard id");
-            out.push((
-                shard.0,
-                SequenceNumber::parse(&r.sequence_number, "seq").expect("seq"),
-            ));
+            // Only the asked-for form is filled in.
+            assert_eq!(r.sequence_number.is_empty(), numeric, "{r:?}");
+            assert_eq!(r.shard_id.is_empty(), numeric, "{r:?}");
+            if !numeric {
+                assert_eq!((r.shard_index, r.sequence), (0, 0), "{r:?}");
+            }
+            let (shard, seq) = r.position().expect("position");
+            out.push((shard.0, seq));
         }
     }
     out
@@ -444,6 +450,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
                 explicit_hash_key: None,
             })
             .collect(),
+        numeric_positions: false,
     };
     let create =
         |name: &str, shard_count: u32, retention_period_hours: u32| v1::CreateStreamRequest {

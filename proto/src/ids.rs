@@ -141,6 +141,21 @@ impl fmt::Display for SequenceNumber {
     }
 }
 
+impl crate::v1::PutRecordsResultEntry {
+    /// The written record's position: from the numbers when the text is empty (the request
+    /// asked for `numeric_positions`), from the text otherwise (a node of an older build, or
+    /// a request that did not ask). Only for an entry without an error code.
+    pub fn position(&self) -> Result<(ShardId, SequenceNumber), IdError> {
+        if self.sequence_number.is_empty() {
+            return Ok((ShardId(self.shard_index), SequenceNumber(self.sequence)));
+        }
+        Ok((
+            self.shard_id.parse()?,
+            SequenceNumber::parse(&self.sequence_number, "sequence_number")?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +181,30 @@ mod tests {
         assert!(SequenceNumber::parse("12a", "seq").is_err());
         assert!(SequenceNumber::parse("99999999999999999999", "seq").is_err());
         assert!(SequenceNumber::parse("", "seq").is_err());
+    }
+
+    #[test]
+    fn a_put_result_reads_its_position_from_numbers_or_text() {
+        let seq = SequenceNumber::from_entry(9, 3);
+        let numeric = crate::v1::PutRecordsResultEntry {
+            shard_index: 2,
+            sequence: seq.0,
+            ..Default::default()
+        };
+        assert_eq!(numeric.position(), Ok((ShardId(2), seq)));
+        // A node of an older build answers text and leaves the numbers zero.
+        let text = crate::v1::PutRecordsResultEntry {
+            shard_id: ShardId(2).to_string(),
+            sequence_number: seq.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(text.position(), Ok((ShardId(2), seq)));
+        let bad = crate::v1::PutRecordsResultEntry {
+            shard_id: "shard-2".into(),
+            sequence_number: seq.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(bad.position().map_err(|e| e.field), Err("shard_id"));
     }
 
     #[test]

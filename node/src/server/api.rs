@@ -195,6 +195,7 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
+        let numeric = r.numeric_positions;
         let (results, to) =
             tracking_forwards(core.put_records(&r.stream_name, r.records, hops)).await;
         let results = results?;
@@ -202,6 +203,11 @@ impl StreamService for Api {
         let records = results
             .into_iter()
             .map(|r| match r {
+                Ok((shard, seq)) if numeric => v1::PutRecordsResultEntry {
+                    shard_index: shard.0,
+                    sequence: seq.0,
+                    ..Default::default()
+                },
                 Ok((shard, seq)) => v1::PutRecordsResultEntry {
                     shard_id: shard.to_string(),
                     sequence_number: seq.to_string(),

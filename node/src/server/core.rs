@@ -1179,6 +1179,7 @@ impl Core {
                     explicit_hash_key: Some(r.hash_key.to_string()),
                 })
                 .collect(),
+            numeric_positions: true,
         };
         let resp = self
             .forward_or_refused(addrs, |addr| {
@@ -1195,8 +1196,7 @@ impl Core {
             .into_iter()
             .map(|r| {
                 if r.error_code.is_empty() {
-                    SequenceNumber::parse(&r.sequence_number, "sequence_number")
-                        .map_err(ServiceError::from)
+                    r.position().map(|(_, seq)| seq).map_err(ServiceError::from)
                 } else {
                     Err(ServiceError::new(
                         r.error_code.parse().unwrap_or(ErrorCode::Internal),
