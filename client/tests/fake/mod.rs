@@ -509,7 +509,7 @@ impl StreamService for FakeNode {
     ) -> Result<Response<v1::PutRecordsResponse>, Status> {
         let r = request.into_inner();
         // The lock is not held while an answer is delayed.
-        let (reply, count, first_shard, delay) = {
+        let (reply, count, first_shard, held) = {
             let mut state = self.lock();
             if let Err(e) = state.fault("PutRecords") {
                 self.log_failure(&mut state, "PutRecords");
@@ -565,20 +565,21 @@ impl StreamService for FakeNode {
                 records: results,
                 failed_record_count: failed,
             };
-            let delay = state.faults.put_answer_delay;
-            if let (Some(_), Some(first)) = (delay, first_shard) {
+            // (delay, shard) when this answer is held.
+            let held = state.faults.put_answer_delay.zip(first_shard);
+            if let Some((_, first)) = held {
                 let open = state.puts_open.entry(first as u32).or_default();
                 *open += 1;
                 let now_open = *open;
                 state.most_puts_open = state.most_puts_open.max(now_open);
             }
-            (reply, count, first_shard, delay)
+            (reply, count, first_shard, held)
         };
-        if let (Some(delay), Some(_)) = (delay, first_shard) {
+        if let Some((delay, _)) = held {
             tokio::time::sleep(delay).await;
         }
         let mut state = self.lock();
-        if let (Some(_), Some(first)) = (delay, first_shard)
+        if let Some((_, first)) = held
             && let Some(open) = state.puts_open.get_mut(&(first as u32))
         {
             *open -= 1;
