@@ -3,6 +3,9 @@
 //! records back (the counts match what the stream holds). No figure here is a timing
 //! threshold: performance is measured by running the bench, never by tests.
 
+#[path = "common/ports.rs"]
+mod ports;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,23 +41,6 @@ fn bench_args(extra: &[&str]) -> BenchArgs {
         "--quiet",
     ];
     Cli::parse_from(base.iter().chain(extra)).bench
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn free_base_port() -> u16 {
-    for _ in 0..50 {
-        let p = free_port();
-        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
-    panic!("no three consecutive free ports");
 }
 
 /// Every record the stream holds, over all shards.
@@ -113,10 +99,8 @@ fn check_report(r: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_against_the_dev_cluster_reads_every_acknowledged_record_back() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base_port = free_base_port();
-    let kinesis_port = std::iter::repeat_with(free_port)
-        .find(|p| !(base_port..base_port + 3).contains(p))
-        .expect("a free port");
+    let base_port = ports::consecutive(3);
+    let kinesis_port = ports::free_port();
     let opts = DevOptions {
         data_dir: dir.path().join("dev"),
         base_port,
@@ -194,7 +178,7 @@ impl Drop for Processes {
 
 fn start_nodes() -> (Processes, Vec<String>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| ports::free_port()).collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()

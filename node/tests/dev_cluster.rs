@@ -2,26 +2,10 @@
 
 mod common;
 
-use common::{Api, iterator, read_from, wait_active};
+use common::{Api, iterator, ports, read_from, wait_active};
 use riptide_node::dev::{DevCluster, DevOptions};
 use riptide_proto::v1::stream_service_client::StreamServiceClient;
 use riptide_proto::v1::{self, ShardIteratorType};
-
-fn free_base_port() -> u16 {
-    // Three consecutive free ports: take one and check that the next two are free too.
-    for _ in 0..50 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let p = l.local_addr().expect("addr").port();
-        if p > 60000 {
-            continue;
-        }
-        let ok = (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok());
-        if ok {
-            return p;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
 
 async fn read_all(api: &mut Api, name: &str) -> Vec<String> {
     let it = iterator(api, name, 0, ShardIteratorType::TrimHorizon, "", 0)
@@ -39,11 +23,8 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = DevOptions {
         data_dir: dir.path().to_path_buf(),
-        base_port: free_base_port(),
-        kinesis_port: std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port(),
+        base_port: ports::consecutive(3),
+        kinesis_port: ports::free_port(),
     };
     let cluster = DevCluster::start(&opts).await.expect("start");
     // Node 1 serves the Kinesis API on the port asked for, and says so.

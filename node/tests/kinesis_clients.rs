@@ -57,15 +57,10 @@ fn venv_bin() -> PathBuf {
     workspace().join("target/kinesis-venv/bin")
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// A three-node cluster with the Kinesis API on every node.
 async fn cluster(tweak: impl Fn(&mut NodeConfig)) -> TestCluster {
     TestCluster::start(3, |c| {
-        c.kinesis_listen = format!("127.0.0.1:{}", free_port());
+        c.kinesis_listen = format!("127.0.0.1:{}", common::ports::free_port());
         tweak(c);
     })
     .await

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -29,26 +29,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+#[path = "../../../node/tests/common/ports.rs"]
+pub mod ports;
 
-fn free_base_port() -> u16 {
-    for _ in 0..50 {
-        let p = free_port();
-        if p > 60000 {
-            continue;
-        }
-        if (1..3).all(|i| StdListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
+pub use ports::free_port;
 
 /// Waits for `cond` until `deadline`, panicking with `what` when it does not come.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
@@ -131,7 +115,7 @@ impl Cluster {
             bin.display()
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_base_port();
+        let port = ports::consecutive(3);
         let proc = Proc::spawn(
             "riptide dev",
             Command::new(&bin)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod ports;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +22,6 @@ pub struct TestCluster {
     pub configs: Vec<NodeConfig>,
     nodes: Vec<Option<Node>>,
     pub clock: OffsetClock,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Waits for `cond` up to `timeout`, polling; panics with `what` when it never holds.
@@ -49,7 +46,7 @@ impl TestCluster {
     /// [`TestCluster::restart`] starts the others.
     pub async fn start_first(n: usize, started: usize, tweak: impl Fn(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| ports::free_port()).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../node/tests/common/ports.rs"]
+pub mod ports;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,9 +144,7 @@ impl TestCluster {
     /// Adds and starts one more node; returns its id.
     pub async fn add_node(&mut self) -> NodeId {
         let id = NodeId(self.nodes.len() as u64 + 1);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
+        let addr = format!("127.0.0.1:{}", ports::free_port());
         self.nodes.push(TestNode {
             id,
             dir: self.root.join(format!("node-{}", id.0)),
