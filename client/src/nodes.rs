@@ -93,6 +93,10 @@ fn open_channel(
         .keep_alive_timeout(settings.keepalive_timeout)
         .initial_stream_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(32 * 1024 * 1024)
+        // Subscriptions and GetRecords answers carry up to megabytes: in frames of HTTP/2's
+        // default 16 KiB, the node makes a write system call per 16 KiB. The nodes use the
+        // same size (riptide-raft's HTTP2_MAX_FRAME_BYTES).
+        .max_frame_size(256 << 10)
         .connect_lazy();
     Ok(NodeHandle {
         id,

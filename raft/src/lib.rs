@@ -26,7 +26,7 @@ mod types;
 pub use engine::{EngineConfig, RaftEngine, StateMachineFactory};
 pub use error::{RaftError, StorageError};
 pub use group::{Group, GroupStatus, Role, WriteOutcome};
-pub use settings::{GroupSettings, TransportSettings};
+pub use settings::{GroupSettings, HTTP2_MAX_FRAME_BYTES, TransportSettings};
 pub use store::{
     DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, StoreClosed, WriterStats,
 };

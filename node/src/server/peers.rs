@@ -40,6 +40,7 @@ impl Peers {
             .map_err(|e| ServiceError::internal(format!("bad peer address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            .max_frame_size(riptide_raft::HTTP2_MAX_FRAME_BYTES)
             // A forwarded call to a peer that froze or was cut off fails within about 4 s
             // instead of hanging until the caller's own timeout.
             .http2_keep_alive_interval(Duration::from_secs(1))

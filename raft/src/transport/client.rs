@@ -54,6 +54,7 @@ impl PeerPool {
                     .tcp_nodelay(true)
                     .initial_stream_window_size(s.http2_stream_window_bytes)
                     .initial_connection_window_size(s.http2_connection_window_bytes)
+                    .max_frame_size(s.http2_max_frame_bytes)
                     .http2_keep_alive_interval(Duration::from_millis(s.http2_keepalive_interval_ms))
                     .keep_alive_timeout(Duration::from_millis(s.http2_keepalive_timeout_ms))
                     .keep_alive_while_idle(true);

@@ -102,6 +102,7 @@ pub fn server_builder(settings: &crate::TransportSettings) -> tonic::transport::
         .tcp_nodelay(true)
         .initial_stream_window_size(settings.http2_stream_window_bytes)
         .initial_connection_window_size(settings.http2_connection_window_bytes)
+        .max_frame_size(settings.http2_max_frame_bytes)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(
             settings.http2_keepalive_interval_ms,
         )))
