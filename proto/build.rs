@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".riptide.v1.PutRecordsEntry.data")
         .bytes(".riptide.v1.PutRecordRequest.data")
         .bytes(".riptide.v1.Record.data")
+        // Each message's buffer reserved at its size before encoding (see `codec.rs`).
+        .codec_path("crate::codec::SizedCodec")
         .build_client(true)
         .build_server(true)
         .compile_protos(&["proto/riptide.proto"], &["proto"])?;

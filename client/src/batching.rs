@@ -105,7 +105,7 @@ impl<T> ShardQueue<T> {
 
     /// Takes the next batch off the front: as many records as fit in `limits`, at least one.
     pub fn take_batch(&mut self, limits: BatchLimits) -> Vec<T> {
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(self.items.len().min(limits.max_records));
         let mut bytes = 0;
         while let Some((_, size, _)) = self.items.front() {
             if !batch.is_empty()

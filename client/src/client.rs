@@ -20,6 +20,7 @@ use crate::error::never_sent;
 use crate::nodes::{ChannelSettings, NodeHandle, NodePool};
 use crate::position::StartingPosition;
 use crate::producer::{Producer, ProducerConfig};
+use crate::put_call::SharedPutRecords;
 use crate::retry::RetryPolicy;
 use crate::routing::ShardMap;
 use crate::subscription;
@@ -67,6 +68,11 @@ pub struct ClientConfig {
     /// straight to its leader (default true). Without it every call goes to the configured
     /// endpoints, which forward.
     pub discover_nodes: bool,
+    /// Whether records read with [`Client::get_records`], a [`Consumer`] or
+    /// [`Client::subscribe`] carry their sequence number as a number (`Record.sequence`) with
+    /// `sequence_number` left empty (default false). Less work per record for the nodes and
+    /// the client; read the position with `Record::sequence()`, which takes either form.
+    pub numeric_sequence_numbers: bool,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +89,7 @@ impl Default for ClientConfig {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
             discover_nodes: true,
+            numeric_sequence_numbers: false,
         }
     }
 }
@@ -618,11 +625,11 @@ impl Client {
         let mut shard_calls = Vec::new();
         for (shard, indices) in groups {
             let sizes: Vec<usize> = indices.iter().map(|&i| record_size(&records[i])).collect();
-            let calls: Vec<(Vec<usize>, Vec<PutRecordsEntry>)> = split_batches(&sizes, limits)
+            let calls: Vec<(Vec<usize>, Arc<Vec<PutRecordsEntry>>)> = split_batches(&sizes, limits)
                 .into_iter()
                 .map(|range| {
                     let batch: Vec<usize> = indices[range].to_vec();
-                    let entries = batch.iter().map(|&i| records[i].clone()).collect();
+                    let entries = Arc::new(batch.iter().map(|&i| records[i].clone()).collect());
                     (batch, entries)
                 })
                 .collect();
@@ -632,7 +639,7 @@ impl Client {
             .map(|(shard, calls)| async move {
                 let mut outcomes = Vec::new();
                 for (batch, entries) in calls {
-                    let (outcome, _) = self.put_batch(stream, shard, &entries, u32::MAX).await;
+                    let (outcome, _) = self.put_batch(stream, shard, entries, u32::MAX).await;
                     outcomes.push((batch, outcome));
                 }
                 outcomes
@@ -659,7 +666,7 @@ impl Client {
         &self,
         stream: &str,
         shard: Option<ShardId>,
-        entries: &[PutRecordsEntry],
+        entries: Arc<Vec<PutRecordsEntry>>,
         max_attempts: u32,
     ) -> (Vec<Result<PutResult, ClientError>>, u32) {
         let started = Instant::now();
@@ -672,19 +679,18 @@ impl Client {
         let mut calls = 0;
         while !pending.is_empty() {
             calls += 1;
-            let request = v1::PutRecordsRequest {
+            // Encoded from the shared entries: a retry copies no record.
+            let request = SharedPutRecords {
                 stream_name: stream.to_string(),
-                records: pending.iter().map(|&i| entries[i].clone()).collect(),
+                entries: Arc::clone(&entries),
+                pending: pending.clone(),
                 numeric_positions: true,
             };
             for &i in &pending {
                 attempts[i] += 1;
             }
             let outcome = self
-                .attempt(
-                    route,
-                    |ch| async move { ch.stream().put_records(request).await },
-                )
+                .attempt(route, |ch| async move { ch.put_records(request).await })
                 .await;
             let mut retry = Vec::new();
             match outcome {
@@ -793,6 +799,7 @@ impl Client {
         let request = v1::GetRecordsRequest {
             shard_iterator: iterator.to_string(),
             limit,
+            numeric_positions: self.inner.config.numeric_sequence_numbers,
         };
         let reply = self
             .call(route, Retry::Retryable, |ch| {
@@ -834,6 +841,7 @@ impl Client {
             starting_position: wire.kind as i32,
             starting_sequence_number: wire.sequence_number,
             timestamp_ms: wire.timestamp_ms,
+            numeric_positions: self.inner.config.numeric_sequence_numbers,
         };
         self.ensure_map(stream).await;
         let reply = self
@@ -1264,6 +1272,14 @@ pub(crate) struct Api {
 impl Api {
     pub(crate) fn stream(self) -> StreamServiceClient<Channel> {
         StreamServiceClient::new(self.channel).max_decoding_message_size(self.max_decode)
+    }
+
+    /// `PutRecords` over entries shared with the caller (see [`SharedPutRecords`]).
+    pub(crate) async fn put_records(
+        self,
+        call: SharedPutRecords,
+    ) -> Result<tonic::Response<v1::PutRecordsResponse>, tonic::Status> {
+        crate::put_call::put_records(self.channel, self.max_decode, call).await
     }
 
     pub(crate) fn admin(self) -> AdminServiceClient<Channel> {

@@ -142,8 +142,7 @@ impl Consumer {
             };
             let mut last = self.last;
             for record in &page.records {
-                let seq = SequenceNumber::parse(&record.sequence_number, "sequence_number")
-                    .map_err(ClientError::malformed)?;
+                let seq = record.sequence().map_err(ClientError::malformed)?;
                 last = Some(seq);
             }
             self.last = last;

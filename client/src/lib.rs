@@ -48,6 +48,7 @@ mod error;
 mod nodes;
 mod position;
 mod producer;
+mod put_call;
 mod retry;
 mod routing;
 mod subscription;

@@ -448,7 +448,9 @@ async fn send_batch(
         replies.push(pending.reply);
         entries.push(pending.entry);
     }
-    let (results, calls) = client.put_batch(&stream, key, &entries, max_attempts).await;
+    let (results, calls) = client
+        .put_batch(&stream, key, Arc::new(entries), max_attempts)
+        .await;
     counters
         .calls
         .fetch_add(u64::from(calls), Ordering::Relaxed);

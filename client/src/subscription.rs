@@ -33,8 +33,7 @@ impl State {
         let had_records = !event.records.is_empty();
         let mut fresh = Vec::with_capacity(event.records.len());
         for record in event.records {
-            let seq = SequenceNumber::parse(&record.sequence_number, "sequence_number")
-                .map_err(ClientError::malformed)?;
+            let seq = record.sequence().map_err(ClientError::malformed)?;
             if self.last.is_some_and(|last| seq <= last) {
                 continue;
             }

@@ -162,6 +162,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let mut client_config = ClientConfig::new(config.endpoints[0].clone());
     client_config.endpoints = config.endpoints.clone();
+    // Records' positions as numbers: the pipeline reads them with `Record::sequence()`.
+    client_config.numeric_sequence_numbers = true;
     let signal = shutdown_signal();
     tokio::pin!(signal);
     // A daemon outlives a cluster that is not up yet: keep trying until it answers.

@@ -436,7 +436,8 @@ async fn run_shard(
 }
 
 fn to_item(r: v1::Record) -> Result<Item, PipelineError> {
-    let seq = SequenceNumber::parse(&r.sequence_number, "sequence_number")
+    let seq = r
+        .sequence()
         .map_err(|e| PipelineError::BadRecord(e.to_string()))?;
     Ok(Item {
         seq,

@@ -209,6 +209,7 @@ async fn records_route_by_md5_and_read_back_in_order() {
         .get_records(v1::GetRecordsRequest {
             shard_iterator: latest.clone(),
             limit: 0,
+            numeric_positions: false,
         })
         .await
         .expect("get")
@@ -238,6 +239,7 @@ async fn records_route_by_md5_and_read_back_in_order() {
         .get_records(v1::GetRecordsRequest {
             shard_iterator: th,
             limit: 1,
+            numeric_positions: false,
         })
         .await
         .expect("get")
@@ -247,6 +249,64 @@ async fn records_route_by_md5_and_read_back_in_order() {
         first.millis_behind_latest,
         got[2].approximate_arrival_timestamp_ms - first.records[0].approximate_arrival_timestamp_ms
     );
+    // Asked for numbers, every node (the leader, and the others through it) answers the same
+    // records with `sequence` set and no text; a subscription too.
+    let th = iterator(&mut api, "orders", 0, ShardIteratorType::TrimHorizon, "", 0)
+        .await
+        .expect("th");
+    let text = read_from(&mut api, th.clone()).await;
+    assert!(text.iter().all(|r| r.sequence == 0));
+    let as_numbers = |records: &[v1::Record]| -> Vec<v1::Record> {
+        records
+            .iter()
+            .map(|r| v1::Record {
+                sequence_number: String::new(),
+                sequence: SequenceNumber::parse(&r.sequence_number, "sequence_number")
+                    .expect("text")
+                    .0,
+                ..r.clone()
+            })
+            .collect()
+    };
+    for node in 0..3 {
+        let mut api = cluster.api(node).await;
+        let numeric = api
+            .get_records(v1::GetRecordsRequest {
+                shard_iterator: th.clone(),
+                limit: 0,
+                numeric_positions: true,
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(numeric.records, as_numbers(&text[..numeric.records.len()]));
+        let mut events = api
+            .subscribe_to_shard(v1::SubscribeToShardRequest {
+                stream_name: "orders".into(),
+                shard_id: "shardId-000000000000".into(),
+                starting_position: ShardIteratorType::TrimHorizon as i32,
+                numeric_positions: true,
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut pushed = Vec::new();
+        while pushed.len() < text.len() {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("an event within 10 s")
+                .expect("event")
+                .expect("open");
+            let last = event.records.last().expect("records").sequence;
+            assert_eq!(
+                event.continuation_sequence_number,
+                SequenceNumber(last).to_string()
+            );
+            pushed.extend(event.records);
+        }
+        assert_eq!(pushed, as_numbers(&text));
+    }
     cluster.shutdown().await;
 }
 
@@ -462,6 +522,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
     let get = |shard_iterator: String, limit: u32| v1::GetRecordsRequest {
         shard_iterator,
         limit,
+        numeric_positions: false,
     };
     let good_it = iterator(&mut api, "t", 0, ShardIteratorType::TrimHorizon, "", 0)
         .await
@@ -676,6 +737,7 @@ async fn bad_input_is_refused_with_the_field_and_the_limit() {
         .get_records(v1::GetRecordsRequest {
             shard_iterator: good_it,
             limit: 0,
+            numeric_positions: false,
         })
         .await
         .expect_err("expired");

@@ -156,6 +156,17 @@ impl crate::v1::PutRecordsResultEntry {
     }
 }
 
+impl crate::v1::Record {
+    /// The record's sequence number: from the number when the text is empty (the request
+    /// asked for `numeric_positions`), from the text otherwise.
+    pub fn sequence(&self) -> Result<SequenceNumber, IdError> {
+        if self.sequence_number.is_empty() {
+            return Ok(SequenceNumber(self.sequence));
+        }
+        SequenceNumber::parse(&self.sequence_number, "sequence_number")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +216,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.position().map_err(|e| e.field), Err("shard_id"));
+    }
+
+    #[test]
+    fn a_record_reads_its_sequence_number_from_the_number_or_the_text() {
+        let seq = SequenceNumber::from_entry(12, 7);
+        let numeric = crate::v1::Record {
+            sequence: seq.0,
+            ..Default::default()
+        };
+        assert_eq!(numeric.sequence(), Ok(seq));
+        let text = crate::v1::Record {
+            sequence_number: seq.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(text.sequence(), Ok(seq));
+        let bad = crate::v1::Record {
+            sequence_number: "12x".into(),
+            sequence: seq.0,
+            ..Default::default()
+        };
+        assert_eq!(bad.sequence().map_err(|e| e.field), Err("sequence_number"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! no tasks and depends on no other Riptide crate, so that the client can use it without the
 //! engine, the node or RocksDB.
 
+pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod routing;

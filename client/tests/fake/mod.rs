@@ -171,11 +171,14 @@ impl State {
             .enumerate()
             .map(|(pos, (data, key))| {
                 let seq = SequenceNumber::from_entry(index, pos as u32);
+                // Always text, whatever the request asks: the fake answers as a node of an
+                // older build would.
                 sh.records.push(v1::Record {
                     sequence_number: seq.to_string(),
                     approximate_arrival_timestamp_ms: 1,
                     data,
                     partition_key: key,
+                    sequence: 0,
                 });
                 seq
             })

@@ -189,7 +189,7 @@ impl KinesisHttp {
     }
 }
 
-type Queued = (String, Vec<u8>, oneshot::Sender<Outcome>);
+type Queued = (String, Bytes, oneshot::Sender<Outcome>);
 
 /// A producer over PutRecords: batches records (up to `batch_records`, waiting at most
 /// `linger` after the first) and keeps at most `in_flight` calls going. Records the node
@@ -221,7 +221,7 @@ impl KinesisPublisher {
 }
 
 impl Publisher for KinesisPublisher {
-    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
         let (tx, rx) = oneshot::channel();
         let queued = self.queue.send((key.to_string(), data, tx)).is_ok();
         Box::pin(async move {

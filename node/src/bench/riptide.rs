@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use bytes::Bytes;
 use futures::StreamExt;
 use riptide_client::{
-    Client, ClientConfig, ClientError, Created, ErrorCode, Producer, ProducerConfig,
-    SequenceNumber, ShardId, StartingPosition, StreamOptions,
+    Client, ClientConfig, ClientError, Created, ErrorCode, Producer, ProducerConfig, ShardId,
+    StartingPosition, StreamOptions,
 };
 use tokio::sync::watch;
 
@@ -27,7 +28,7 @@ struct RiptidePublisher {
 }
 
 impl Publisher for RiptidePublisher {
-    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
         let ack = self.producer.send(key.to_string(), data);
         Box::pin(async move {
             match ack.await {
@@ -64,6 +65,8 @@ async fn connect(endpoint: &str) -> anyhow::Result<Client> {
             .collect(),
         connect_deadline: Duration::from_secs(10),
         retry_deadline: Duration::from_secs(15),
+        // The bench reads sequence numbers only to resume a subscription.
+        numeric_sequence_numbers: true,
         ..ClientConfig::default()
     };
     Client::connect_with(config)
@@ -280,8 +283,7 @@ async fn live_consumer(
                                 recorder.consumed(&r.data);
                             }
                             if let Some(last) = event.records.last()
-                                && let Ok(seq) =
-                                    SequenceNumber::parse(&last.sequence_number, "sequence_number")
+                                && let Ok(seq) = last.sequence()
                             {
                                 resume = StartingPosition::AfterSequence(seq);
                             }

@@ -343,6 +343,7 @@ mod tests {
             approximate_arrival_timestamp_ms: 0,
             data: bytes::Bytes::from_static("héllo".as_bytes()),
             partition_key: "k".into(),
+            sequence: 0,
         };
         let j = record_json(ShardId(2), &text);
         assert_eq!(j["data"], "héllo");

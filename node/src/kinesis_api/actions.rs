@@ -709,7 +709,7 @@ async fn get_records(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError
     }
     let resp = ctx
         .core
-        .get_records(it, limit.map(to_u32).unwrap_or(0), 0)
+        .get_records(it, limit.map(to_u32).unwrap_or(0), false, 0)
         .await?;
     let records = resp
         .records

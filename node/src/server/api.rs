@@ -254,8 +254,13 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        let (resp, to) =
-            tracking_forwards(core.get_records(&r.shard_iterator, r.limit, hops)).await;
+        let (resp, to) = tracking_forwards(core.get_records(
+            &r.shard_iterator,
+            r.limit,
+            r.numeric_positions,
+            hops,
+        ))
+        .await;
         forwarded_reply(resp?, to)
     }
 
@@ -287,6 +292,7 @@ impl StreamService for Api {
         let group = core
             .stream(&r.stream_name)
             .and_then(|info| core.shard(&info, &r.shard_id).map(|sh| sh.group))?;
+        let numeric = r.numeric_positions;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut iterator = first;
@@ -303,7 +309,7 @@ impl StreamService for Api {
                 // applied before this line.
                 applied.borrow_and_update();
                 let (batch, forwarded_to) =
-                    tracking_forwards(core.get_records(&iterator, 0, 0)).await;
+                    tracking_forwards(core.get_records(&iterator, 0, numeric, 0)).await;
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
@@ -322,11 +328,15 @@ impl StreamService for Api {
                 iterator = batch.next_shard_iterator.clone();
                 if !batch.records.is_empty() {
                     let more = may_have_more(&batch.records);
-                    let continuation = batch
-                        .records
-                        .last()
-                        .map(|r| r.sequence_number.clone())
-                        .unwrap_or_default();
+                    let continuation = match batch.records.last().map(v1::Record::sequence) {
+                        Some(Ok(seq)) => seq.to_string(),
+                        Some(Err(e)) => {
+                            let e = ServiceError::internal(format!("a read record's {e}"));
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                        None => String::new(),
+                    };
                     let event = v1::SubscribeToShardEvent {
                         records: batch.records,
                         continuation_sequence_number: continuation,

@@ -1346,6 +1346,7 @@ impl Core {
         &self,
         token: &str,
         limit: u32,
+        numeric_positions: bool,
         hops: u32,
     ) -> Result<v1::GetRecordsResponse, ServiceError> {
         let limit = validate::get_limit(limit)?;
@@ -1369,6 +1370,7 @@ impl Core {
                 let req = v1::GetRecordsRequest {
                     shard_iterator: token.to_string(),
                     limit: limit as u32,
+                    numeric_positions,
                 };
                 return Ok(self
                     .forward(&addrs, |addr| {
@@ -1413,11 +1415,19 @@ impl Core {
         Ok(v1::GetRecordsResponse {
             records: records
                 .into_iter()
-                .map(|r| v1::Record {
-                    sequence_number: r.sequence_number.to_string(),
-                    approximate_arrival_timestamp_ms: r.arrival_ms,
-                    data: r.data,
-                    partition_key: r.partition_key,
+                .map(|r| {
+                    let (sequence_number, sequence) = if numeric_positions {
+                        (String::new(), r.sequence_number.0)
+                    } else {
+                        (r.sequence_number.to_string(), 0)
+                    };
+                    v1::Record {
+                        sequence_number,
+                        approximate_arrival_timestamp_ms: r.arrival_ms,
+                        data: r.data,
+                        partition_key: r.partition_key,
+                        sequence,
+                    }
                 })
                 .collect(),
             next_shard_iterator: ShardIterator {

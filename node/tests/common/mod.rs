@@ -208,6 +208,7 @@ pub async fn read_from(api: &mut Api, iterator: String) -> Vec<v1::Record> {
             .get_records(v1::GetRecordsRequest {
                 shard_iterator: it,
                 limit: 0,
+                numeric_positions: false,
             })
             .await
             .expect("get records")

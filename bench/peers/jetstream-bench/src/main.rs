@@ -129,12 +129,12 @@ struct NatsPublisher {
 }
 
 impl Publisher for NatsPublisher {
-    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+    fn publish(&mut self, key: &str, data: bytes::Bytes) -> Ack {
         let k = self.key_index.get(key).copied().unwrap_or(0);
         let subject = self.subjects[k % self.streams][k].clone();
         let context = self.context.clone();
         Box::pin(async move {
-            match context.publish(subject, data.into()).await {
+            match context.publish(subject, data).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => Outcome::Acked { attempts: 1 },
                     Err(_) => Outcome::Failed,

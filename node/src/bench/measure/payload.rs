@@ -7,6 +7,11 @@
 //! | 16..24 | when the record was meant to be sent, in ns since the run's clock base |
 //! | 24..   | filler from a pool of pseudo-random bytes, so that compression gains little |
 
+use bytes::{Bytes, BytesMut};
+
+/// Bytes of the buffers records are cut from (see [`Filler::record`]).
+const SLAB_BYTES: usize = 256 << 10;
+
 /// Bytes of the header; the smallest record size.
 pub const HEADER_BYTES: usize = 24;
 
@@ -39,10 +44,15 @@ impl Filler {
         Self { pool }
     }
 
-    /// A record of `size` bytes (at least the header's) with this header.
-    pub fn record(&self, header: Header, size: usize) -> Vec<u8> {
+    /// A record of `size` bytes (at least the header's) with this header, cut from `slab`.
+    /// Records cut from one slab share its allocation (freed with the last of them), so a
+    /// record costs no allocation of its own; a slab too small for the record is replaced.
+    pub fn record(&self, slab: &mut BytesMut, header: Header, size: usize) -> Bytes {
         let size = size.max(HEADER_BYTES);
-        let mut out = Vec::with_capacity(size);
+        if slab.capacity() - slab.len() < size {
+            *slab = BytesMut::with_capacity(size.max(SLAB_BYTES));
+        }
+        let out = slab;
         out.extend_from_slice(&header.run.to_le_bytes());
         out.extend_from_slice(&(u64::from(header.producer) << SEQ_BITS | header.seq).to_le_bytes());
         out.extend_from_slice(&header.intended_nanos.to_le_bytes());
@@ -52,7 +62,7 @@ impl Filler {
             out.extend_from_slice(&self.pool[offset..offset + take]);
             offset = 0;
         }
-        out
+        out.split().freeze()
     }
 }
 
@@ -93,8 +103,9 @@ mod tests {
             seq: 123_456,
             intended_nanos: 987_654_321,
         };
-        for size in [10, 24, 100, 1024, 3_000_000] {
-            let record = filler.record(header, size);
+        let mut slab = BytesMut::new();
+        for size in [10, 24, 100, 1024, 3_000_000, 1024, 200_000, 200_000] {
+            let record = filler.record(&mut slab, header, size);
             assert_eq!(record.len(), size.max(HEADER_BYTES));
             assert_eq!(decode(&record), Some(header));
         }
@@ -110,9 +121,11 @@ mod tests {
             seq,
             intended_nanos: 0,
         };
-        assert_ne!(
-            filler.record(h(1), 200)[24..],
-            filler.record(h(2), 200)[24..]
-        );
+        let mut slab = BytesMut::new();
+        let one = filler.record(&mut slab, h(1), 200);
+        let two = filler.record(&mut slab, h(2), 200);
+        assert_ne!(one[24..], two[24..]);
+        // Cutting the second record from the slab left the first one as it was.
+        assert_eq!(one, filler.record(&mut BytesMut::new(), h(1), 200));
     }
 }

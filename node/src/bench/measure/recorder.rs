@@ -430,8 +430,9 @@ mod tests {
     use super::super::payload::{Filler, Header};
     use super::*;
 
-    fn record(filler: &Filler, run: u64, producer: u32, seq: u64) -> Vec<u8> {
+    fn record(filler: &Filler, run: u64, producer: u32, seq: u64) -> bytes::Bytes {
         filler.record(
+            &mut bytes::BytesMut::new(),
             Header {
                 run,
                 producer,

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -39,11 +40,11 @@ pub type Ack = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub trait Publisher: Send + 'static {
     /// Sends one record. The send must be under way (queued in the client) when this returns;
     /// the future resolves with its acknowledgement.
-    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack;
+    fn publish(&mut self, key: &str, data: Bytes) -> Ack;
 }
 
 impl<P: Publisher + ?Sized> Publisher for Box<P> {
-    fn publish(&mut self, key: &str, data: Vec<u8>) -> Ack {
+    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
         (**self).publish(key, data)
     }
 }
@@ -129,6 +130,7 @@ pub async fn run_producer<P: Publisher>(
         }
     };
     let mut seq = 0u64;
+    let mut slab = BytesMut::new();
     let key_offset = plan.producer as usize * 7_919;
     let mut send = |pending: &mut FuturesUnordered<_>, seq: &mut u64, intended: u64| {
         let header = Header {
@@ -137,7 +139,7 @@ pub async fn run_producer<P: Publisher>(
             seq: *seq,
             intended_nanos: intended,
         };
-        let data = filler.record(header, plan.record_bytes);
+        let data = filler.record(&mut slab, header, plan.record_bytes);
         let bytes = data.len();
         let key = &plan.keys[(*seq as usize + key_offset) % plan.keys.len()];
         let ack = publisher.publish(key, data);
@@ -274,7 +276,7 @@ mod tests {
     }
 
     impl Publisher for Delayed {
-        fn publish(&mut self, _key: &str, _data: Vec<u8>) -> Ack {
+        fn publish(&mut self, _key: &str, _data: Bytes) -> Ack {
             self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let delay = self.delay;
             Box::pin(async move {
