@@ -19,7 +19,7 @@ use crate::consumer::Consumer;
 use crate::error::never_sent;
 use crate::nodes::{ChannelSettings, NodeHandle, NodePool};
 use crate::position::StartingPosition;
-use crate::producer::{Producer, ProducerConfig};
+use crate::producer::{Acks, Producer, ProducerConfig};
 use crate::put_call::SharedPutRecords;
 use crate::retry::RetryPolicy;
 use crate::routing::ShardMap;
@@ -931,6 +931,13 @@ impl Client {
     /// producer's task, which [`Producer::close`] (or dropping the producer) ends.
     pub fn producer(&self, stream: &str, config: ProducerConfig) -> Producer {
         Producer::start(self.clone(), stream.to_string(), config)
+    }
+
+    /// A producer that also takes records with [`Producer::send_tagged`], and the [`Acks`]
+    /// their answers come through, a call's records at a time: for writers of many records
+    /// that would rather not hold a future per record.
+    pub fn producer_with_acks(&self, stream: &str, config: ProducerConfig) -> (Producer, Acks) {
+        Producer::start_with_acks(self.clone(), stream.to_string(), config)
     }
 
     /// A polling consumer of one shard, starting at `from`.

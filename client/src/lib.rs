@@ -58,7 +58,7 @@ pub use client::{Client, ClientConfig, Created, PutResult, StreamOptions};
 pub use consumer::Consumer;
 pub use error::ClientError;
 pub use position::StartingPosition;
-pub use producer::{Producer, ProducerConfig, ProducerStats};
+pub use producer::{Acks, Producer, ProducerConfig, ProducerStats, TaggedAck};
 pub use riptide_proto::v1;
 pub use riptide_proto::{ErrorCode, SequenceNumber, ShardId};
 

@@ -6,6 +6,11 @@
 //! oldest record has lingered long enough or when a flush asks for it, and answers each
 //! record's future when its call completes. The calls run inside that task, so ending it
 //! ([`Producer::close`], or dropping the producer) leaves nothing running.
+//!
+//! A producer made by [`Client::producer_with_acks`] also takes records with
+//! [`Producer::send_tagged`]: their answers come through its [`Acks`], one call's records at a
+//! time, instead of through a future per record. A writer of many small records saves a
+//! channel, a future and a wake-up per record that way.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -106,11 +111,80 @@ impl Counters {
     }
 }
 
-type Reply = oneshot::Sender<Result<PutResult, ClientError>>;
+/// Where a record's answer goes.
+enum Reply {
+    /// To the future [`Producer::send`] returned.
+    Future(oneshot::Sender<Result<PutResult, ClientError>>),
+    /// To the producer's [`Acks`], with this tag.
+    Tagged(u64),
+}
 
 struct Pending {
     entry: PutRecordsEntry,
     reply: Reply,
+}
+
+/// The answer to a record sent with [`Producer::send_tagged`].
+#[derive(Debug)]
+pub struct TaggedAck {
+    /// The tag the record was sent with.
+    pub tag: u64,
+    pub result: Result<PutResult, ClientError>,
+}
+
+type AckSender = mpsc::UnboundedSender<Vec<TaggedAck>>;
+
+/// The answers to the records a producer took with [`Producer::send_tagged`], a batch at a
+/// time (the records of one `PutRecords` call, or one record refused before any call). Made
+/// with the producer by [`Client::producer_with_acks`].
+#[derive(Debug)]
+pub struct Acks {
+    rx: mpsc::UnboundedReceiver<Vec<TaggedAck>>,
+}
+
+impl Acks {
+    /// The next batch of answers; `None` once the producer has stopped and every answer was
+    /// delivered. Records of a producer that was dropped rather than closed may stay
+    /// unanswered: they were not acknowledged.
+    pub async fn recv(&mut self) -> Option<Vec<TaggedAck>> {
+        self.rx.recv().await
+    }
+
+    /// The next batch of answers if one is there, without waiting.
+    pub fn try_recv(&mut self) -> Option<Vec<TaggedAck>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// [`Acks::recv`] for code that polls: `Ready(None)` once every answer was delivered.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Vec<TaggedAck>>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Answers `replies` with `results`: each future at once, the tagged ones in one batch.
+fn answer(
+    replies: impl IntoIterator<Item = (Reply, Result<PutResult, ClientError>)>,
+    counters: &Counters,
+    acks: Option<&AckSender>,
+) {
+    let mut tagged = Vec::new();
+    for (reply, result) in replies {
+        counters.record(&result);
+        match reply {
+            Reply::Future(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Tagged(tag) => tagged.push(TaggedAck { tag, result }),
+        }
+    }
+    if let Some(acks) = acks
+        && !tagged.is_empty()
+    {
+        let _ = acks.send(tagged);
+    }
 }
 
 enum Command {
@@ -133,10 +207,35 @@ pub struct Producer {
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<Counters>,
     task: Option<JoinHandle<()>>,
+    /// Whether [`Producer::send_tagged`] has an [`Acks`] to answer to.
+    tagged: bool,
 }
 
 impl Producer {
     pub(crate) fn start(client: Client, stream: String, config: ProducerConfig) -> Self {
+        Self::start_with(client, stream, config, None)
+    }
+
+    /// A producer whose tagged records are answered through the returned [`Acks`].
+    pub(crate) fn start_with_acks(
+        client: Client,
+        stream: String,
+        config: ProducerConfig,
+    ) -> (Self, Acks) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self::start_with(client, stream, config, Some(tx)),
+            Acks { rx },
+        )
+    }
+
+    fn start_with(
+        client: Client,
+        stream: String,
+        config: ProducerConfig,
+        acks: Option<AckSender>,
+    ) -> Self {
+        let tagged = acks.is_some();
         let (commands, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let dispatcher = Dispatcher {
@@ -156,6 +255,7 @@ impl Producer {
             next_id: 0,
             outstanding: BTreeSet::new(),
             flush_waiters: Vec::new(),
+            acks,
         };
         let task = tokio::spawn(dispatcher.run(rx));
         Self {
@@ -163,6 +263,7 @@ impl Producer {
             commands,
             counters,
             task: Some(task),
+            tagged,
         }
     }
 
@@ -192,6 +293,45 @@ impl Producer {
         entry: PutRecordsEntry,
     ) -> impl Future<Output = Result<PutResult, ClientError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
+        let queued = self.queue(entry, Reply::Future(reply));
+        async move {
+            if !queued {
+                return Err(closed());
+            }
+            answer.await.unwrap_or_else(|_| Err(closed()))
+        }
+    }
+
+    /// Queues a record whose answer comes through the producer's [`Acks`] (see
+    /// [`Client::producer_with_acks`]), with `tag` to tell it by. Fails at once, queuing
+    /// nothing, on a producer made without [`Acks`] or after it was closed.
+    pub fn send_tagged(
+        &self,
+        partition_key: impl Into<String>,
+        data: impl Into<Bytes>,
+        tag: u64,
+    ) -> Result<(), ClientError> {
+        if !self.tagged {
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                "send_tagged: this producer has no Acks to answer to; make it with \
+                 Client::producer_with_acks",
+            ));
+        }
+        let entry = PutRecordsEntry {
+            data: data.into(),
+            partition_key: partition_key.into(),
+            explicit_hash_key: None,
+        };
+        if self.queue(entry, Reply::Tagged(tag)) {
+            Ok(())
+        } else {
+            Err(closed())
+        }
+    }
+
+    /// Hands a record to the task; false when the task has stopped.
+    fn queue(&self, entry: PutRecordsEntry, reply: Reply) -> bool {
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         let queued = self
             .commands
@@ -200,12 +340,7 @@ impl Producer {
         if !queued {
             self.counters.pending.fetch_sub(1, Ordering::Relaxed);
         }
-        async move {
-            if !queued {
-                return Err(closed());
-            }
-            answer.await.unwrap_or_else(|_| Err(closed()))
-        }
+        queued
     }
 
     /// Sends every queued record now and waits until all records sent before this call are
@@ -277,6 +412,8 @@ struct Dispatcher {
     outstanding: BTreeSet<u64>,
     /// Flushes waiting for every record with an id below theirs.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// Where tagged records are answered.
+    acks: Option<AckSender>,
 }
 
 impl Dispatcher {
@@ -362,9 +499,11 @@ impl Dispatcher {
                 ) {
                     Ok(route) => route.map(|r| r.shard_id),
                     Err(e) => {
-                        let result = Err(e);
-                        self.counters.record(&result);
-                        let _ = pending.reply.send(result);
+                        answer(
+                            [(pending.reply, Err(e))],
+                            &self.counters,
+                            self.acks.as_ref(),
+                        );
                         return;
                     }
                 }
@@ -398,6 +537,7 @@ impl Dispatcher {
                     batch,
                     self.config.max_attempts,
                     Arc::clone(&self.counters),
+                    self.acks.clone(),
                 )));
             }
         }
@@ -439,6 +579,7 @@ async fn send_batch(
     batch: Vec<(u64, Pending)>,
     max_attempts: u32,
     counters: Arc<Counters>,
+    acks: Option<AckSender>,
 ) -> (QueueKey, Vec<u64>) {
     let mut ids = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -454,9 +595,6 @@ async fn send_batch(
     counters
         .calls
         .fetch_add(u64::from(calls), Ordering::Relaxed);
-    for (reply, result) in replies.into_iter().zip(results) {
-        counters.record(&result);
-        let _ = reply.send(result);
-    }
+    answer(replies.into_iter().zip(results), &counters, acks.as_ref());
     (key, ids)
 }

@@ -408,6 +408,55 @@ async fn the_producer_batches_per_shard_and_acknowledges_every_record() {
     producer.close().await;
 }
 
+#[tokio::test]
+async fn tagged_records_are_answered_through_acks_a_batch_at_a_time() {
+    let (cluster, client) = setup(3).await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(20),
+        max_batch_records: 100,
+        ..ProducerConfig::default()
+    };
+    let (producer, mut acks) = client.producer_with_acks(STREAM, config.clone());
+    for i in 0..1_000u64 {
+        producer
+            .send_tagged(format!("user-{i}"), format!("event {i}"), 10_000 + i)
+            .expect("queued");
+    }
+    // Futures and tags mix on one producer.
+    let plain = producer.send("user-x", "plain");
+    let mut tags = HashSet::new();
+    let mut positions = HashSet::new();
+    let mut batches = 0;
+    while tags.len() < 1_000 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+            .await
+            .expect("answers within 10 s")
+            .expect("the producer is running");
+        assert!(!batch.is_empty() && batch.len() <= 100, "{}", batch.len());
+        batches += 1;
+        for ack in batch {
+            assert!(tags.insert(ack.tag), "tag {} answered twice", ack.tag);
+            let put = ack.result.expect("acknowledged");
+            assert!(positions.insert((put.shard_id, put.sequence_number)));
+        }
+    }
+    assert_eq!(tags, (10_000..11_000).collect::<HashSet<u64>>());
+    assert!(batches < 1_000 / 2, "{batches} batches for 1,000 records");
+    plain.await.expect("the plain send is acknowledged too");
+    let stored: usize = (0..3).map(|s| cluster.records(STREAM, s).len()).sum();
+    assert_eq!(stored, 1_001);
+    assert_eq!(producer.stats().pending, 0);
+    producer.close().await;
+    assert!(acks.recv().await.is_none(), "closed: no more answers");
+
+    // A producer made without Acks refuses tagged records rather than losing their answers.
+    let without = client.producer(STREAM, config);
+    let e = without.send_tagged("k", "v", 1).expect_err("no Acks");
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("producer_with_acks"), "{e}");
+    without.close().await;
+}
+
 /// Sends 200 records of one key in batches of 10 to a one-shard fake whose answers take 20 ms,
 /// and returns the most PutRecords calls the shard had open at once.
 async fn most_calls_open_for_one_key(max_in_flight: Option<usize>) -> usize {

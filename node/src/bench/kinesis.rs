@@ -221,15 +221,15 @@ impl KinesisPublisher {
 }
 
 impl Publisher for KinesisPublisher {
-    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
+    fn publish(&mut self, _seq: u64, key: &str, data: Bytes) -> Option<Ack> {
         let (tx, rx) = oneshot::channel();
         let queued = self.queue.send((key.to_string(), data, tx)).is_ok();
-        Box::pin(async move {
+        Some(Box::pin(async move {
             if !queued {
                 return Outcome::Failed;
             }
             rx.await.unwrap_or(Outcome::Failed)
-        })
+        }))
     }
 }
 

@@ -2,14 +2,15 @@
 //! read-back pass.
 
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use riptide_client::{
-    Client, ClientConfig, ClientError, Created, ErrorCode, Producer, ProducerConfig, ShardId,
-    StartingPosition, StreamOptions,
+    Acks, Client, ClientConfig, ClientError, Created, ErrorCode, Producer, ProducerConfig,
+    PutResult, ShardId, StartingPosition, StreamOptions,
 };
 use tokio::sync::watch;
 
@@ -25,23 +26,49 @@ const LEAD: Duration = Duration::from_millis(200);
 
 struct RiptidePublisher {
     producer: Producer,
+    /// Answers of the records sent, a PutRecords call's records at a time.
+    acks: Acks,
 }
 
 impl Publisher for RiptidePublisher {
-    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
-        let ack = self.producer.send(key.to_string(), data);
-        Box::pin(async move {
-            match ack.await {
-                Ok(put) => Outcome::Acked {
-                    attempts: put.attempts,
-                },
-                Err(e) if is_throttle(&e) => Outcome::Throttled,
-                Err(e) => {
-                    tracing::debug!("bench record failed: {e}");
-                    Outcome::Failed
-                }
+    fn publish(&mut self, seq: u64, key: &str, data: Bytes) -> Option<Ack> {
+        match self.producer.send_tagged(key, data, seq) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!("bench record not queued: {e}");
+                Some(Box::pin(async { Outcome::Failed }))
             }
-        })
+        }
+    }
+
+    fn poll_answers(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        out: &mut Vec<(u64, Outcome)>,
+    ) -> Poll<()> {
+        let mut any = false;
+        while let Poll::Ready(Some(batch)) = self.acks.poll_recv(cx) {
+            any = true;
+            out.extend(
+                batch
+                    .into_iter()
+                    .map(|ack| (ack.tag, outcome_of(ack.result))),
+            );
+        }
+        if any { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+fn outcome_of(result: Result<PutResult, ClientError>) -> Outcome {
+    match result {
+        Ok(put) => Outcome::Acked {
+            attempts: put.attempts,
+        },
+        Err(e) if is_throttle(&e) => Outcome::Throttled,
+        Err(e) => {
+            tracing::debug!("bench record failed: {e}");
+            Outcome::Failed
+        }
     }
 }
 
@@ -440,9 +467,11 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
                     args.linger,
                     args.in_flight(),
                 )),
-                None => Box::new(RiptidePublisher {
-                    producer: client.producer(&stream, producer_config.clone()),
-                }),
+                None => {
+                    let (producer, acks) =
+                        client.producer_with_acks(&stream, producer_config.clone());
+                    Box::new(RiptidePublisher { producer, acks })
+                }
             }
         })
         .collect();

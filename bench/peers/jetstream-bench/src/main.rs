@@ -129,11 +129,11 @@ struct NatsPublisher {
 }
 
 impl Publisher for NatsPublisher {
-    fn publish(&mut self, key: &str, data: bytes::Bytes) -> Ack {
+    fn publish(&mut self, _seq: u64, key: &str, data: bytes::Bytes) -> Option<Ack> {
         let k = self.key_index.get(key).copied().unwrap_or(0);
         let subject = self.subjects[k % self.streams][k].clone();
         let context = self.context.clone();
-        Box::pin(async move {
+        Some(Box::pin(async move {
             match context.publish(subject, data).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => Outcome::Acked { attempts: 1 },
@@ -141,7 +141,7 @@ impl Publisher for NatsPublisher {
                 },
                 Err(_) => Outcome::Failed,
             }
-        })
+        }))
     }
 }
 

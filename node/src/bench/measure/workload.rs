@@ -7,9 +7,11 @@
 //! system answers, and every latency counts from the scheduled time, so back-pressure cannot
 //! hide latency.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +21,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::payload::{Filler, Header};
+use super::payload::{Filler, HEADER_BYTES, Header};
 use super::recorder::{Failure, Recorder};
 
 /// How a send ended.
@@ -38,14 +40,27 @@ pub type Ack = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// One producer's connection to the system under test.
 pub trait Publisher: Send + 'static {
-    /// Sends one record. The send must be under way (queued in the client) when this returns;
-    /// the future resolves with its acknowledgement.
-    fn publish(&mut self, key: &str, data: Bytes) -> Ack;
+    /// Sends record `seq`. The send must be under way (queued in the client) when this
+    /// returns. Its answer comes either from the returned future (clients that answer each
+    /// record with a future of its own) or, when this returns `None`, through
+    /// [`Publisher::poll_answers`] (clients that answer a batch of records at a time).
+    fn publish(&mut self, seq: u64, key: &str, data: Bytes) -> Option<Ack>;
+
+    /// Appends the answers that are there to `out` as (seq, outcome): `Ready` when it appended
+    /// any, `Pending` (with the waker registered) when none. Only publishers whose `publish`
+    /// returns `None` answer here.
+    fn poll_answers(&mut self, _cx: &mut Context<'_>, _out: &mut Vec<(u64, Outcome)>) -> Poll<()> {
+        Poll::Pending
+    }
 }
 
 impl<P: Publisher + ?Sized> Publisher for Box<P> {
-    fn publish(&mut self, key: &str, data: Bytes) -> Ack {
-        (**self).publish(key, data)
+    fn publish(&mut self, seq: u64, key: &str, data: Bytes) -> Option<Ack> {
+        (**self).publish(seq, key, data)
+    }
+
+    fn poll_answers(&mut self, cx: &mut Context<'_>, out: &mut Vec<(u64, Outcome)>) -> Poll<()> {
+        (**self).poll_answers(cx, out)
     }
 }
 
@@ -76,7 +91,66 @@ pub struct ProducerPlan {
     pub drain: Duration,
 }
 
-type Done = (u64, u64, usize, Outcome);
+/// A record's answer from a publisher that answers each record with a future.
+type Answer = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
+
+/// A producer's records sent and not answered yet.
+struct InFlight<P> {
+    publisher: P,
+    /// Answers of publishers that answer with a future per record.
+    futures: FuturesUnordered<Answer>,
+    /// When each record in flight was meant to be sent, by seq.
+    intended: HashMap<u64, u64>,
+    /// Answers taken in and not yet recorded.
+    answers: Vec<(u64, Outcome)>,
+}
+
+impl<P: Publisher> InFlight<P> {
+    fn len(&self) -> usize {
+        self.intended.len()
+    }
+
+    fn send(&mut self, seq: u64, intended: u64, key: &str, data: Bytes) {
+        self.intended.insert(seq, intended);
+        if let Some(ack) = self.publisher.publish(seq, key, data) {
+            self.futures.push(Box::pin(ack.map(move |o| (seq, o))));
+        }
+    }
+
+    /// Takes in every answer that is there: `Ready` when there was any.
+    fn poll_answers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Poll::Ready(Some(done)) = self.futures.poll_next_unpin(cx) {
+            self.answers.push(done);
+        }
+        let _ = self.publisher.poll_answers(cx, &mut self.answers);
+        if self.answers.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Waits for at least one answer.
+    async fn answered(&mut self) {
+        futures::future::poll_fn(|cx| self.poll_answers(cx)).await
+    }
+
+    /// Records the answers taken in.
+    fn record(&mut self, recorder: &Recorder, producer: u32, bytes: usize) {
+        for (seq, outcome) in self.answers.drain(..) {
+            let Some(intended) = self.intended.remove(&seq) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Acked { attempts } => {
+                    recorder.acked(producer, seq, bytes, intended, attempts)
+                }
+                Outcome::Throttled => recorder.failed(Failure::Throttled, 1),
+                Outcome::Failed => recorder.failed(Failure::Error, 1),
+            }
+        }
+    }
+}
 
 /// Runs one producer per publisher, numbered from 0, each on `plan` with its own number, and
 /// waits until every one has finished its plan and the drain after it.
@@ -110,29 +184,24 @@ pub async fn run_producers<P: Publisher>(
 
 /// Runs one producer to its plan's end and the drain after it.
 pub async fn run_producer<P: Publisher>(
-    mut publisher: P,
+    publisher: P,
     plan: ProducerPlan,
     recorder: Arc<Recorder>,
     filler: Arc<Filler>,
 ) {
     let clock = recorder.clock;
-    let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>> =
-        FuturesUnordered::new();
-    let stop = clock.at(plan.stop_at);
-    let handle = |done: Done| {
-        let (seq, intended, bytes, outcome) = done;
-        match outcome {
-            Outcome::Acked { attempts } => {
-                recorder.acked(plan.producer, seq, bytes, intended, attempts)
-            }
-            Outcome::Throttled => recorder.failed(Failure::Throttled, 1),
-            Outcome::Failed => recorder.failed(Failure::Error, 1),
-        }
+    let mut flight = InFlight {
+        publisher,
+        futures: FuturesUnordered::new(),
+        intended: HashMap::new(),
+        answers: Vec::new(),
     };
+    let stop = clock.at(plan.stop_at);
+    let bytes = plan.record_bytes.max(HEADER_BYTES);
     let mut seq = 0u64;
     let mut slab = BytesMut::new();
     let key_offset = plan.producer as usize * 7_919;
-    let mut send = |pending: &mut FuturesUnordered<_>, seq: &mut u64, intended: u64| {
+    let mut send = |flight: &mut InFlight<P>, seq: &mut u64, intended: u64| {
         let header = Header {
             run: recorder.run,
             producer: plan.producer,
@@ -140,18 +209,18 @@ pub async fn run_producer<P: Publisher>(
             intended_nanos: intended,
         };
         let data = filler.record(&mut slab, header, plan.record_bytes);
-        let bytes = data.len();
         let key = &plan.keys[(*seq as usize + key_offset) % plan.keys.len()];
-        let ack = publisher.publish(key, data);
-        let this = *seq;
-        pending.push(Box::pin(ack.map(move |o| (this, intended, bytes, o))) as Pin<Box<_>>);
+        flight.send(*seq, intended, key, data);
         *seq += 1;
     };
     tokio::time::sleep_until(clock.at(plan.start_at).into()).await;
     loop {
         // Take every answer that is already there, so that latencies are recorded on time.
-        while let Some(Some(done)) = pending.next().now_or_never() {
-            handle(done);
+        if futures::future::poll_fn(|cx| flight.poll_answers(cx))
+            .now_or_never()
+            .is_some()
+        {
+            flight.record(&recorder, plan.producer, bytes);
         }
         let now = clock.now_nanos();
         if now >= plan.stop_at {
@@ -159,12 +228,12 @@ pub async fn run_producer<P: Publisher>(
         }
         match plan.load {
             Load::Closed { window } => {
-                if pending.len() < window.max(1) {
-                    send(&mut pending, &mut seq, now);
+                if flight.len() < window.max(1) {
+                    send(&mut flight, &mut seq, now);
                     continue;
                 }
                 tokio::select! {
-                    Some(done) = pending.next() => handle(done),
+                    () = flight.answered() => {}
                     _ = tokio::time::sleep_until(stop.into()) => {}
                 }
             }
@@ -173,33 +242,30 @@ pub async fn run_producer<P: Publisher>(
                 max_outstanding,
             } => {
                 let due = plan.start_at + (seq as f64 * 1e9 / records_per_sec.max(1e-3)) as u64;
-                let room = pending.len() < max_outstanding.max(1);
+                let room = flight.len() < max_outstanding.max(1);
                 if due <= now && room {
-                    send(&mut pending, &mut seq, due);
+                    send(&mut flight, &mut seq, due);
                     continue;
                 }
-                let wake = clock.at(due.min(plan.stop_at));
-                if room {
-                    tokio::select! {
-                        Some(done) = pending.next(), if !pending.is_empty() => handle(done),
-                        _ = tokio::time::sleep_until(wake.into()) => {}
-                    }
+                let wake = if room {
+                    due.min(plan.stop_at)
                 } else {
-                    tokio::select! {
-                        Some(done) = pending.next() => handle(done),
-                        _ = tokio::time::sleep_until(stop.into()) => {}
-                    }
+                    plan.stop_at
+                };
+                tokio::select! {
+                    () = flight.answered(), if flight.len() > 0 => {}
+                    _ = tokio::time::sleep_until(clock.at(wake).into()) => {}
                 }
             }
         }
+        flight.record(&recorder, plan.producer, bytes);
     }
     let deadline = Instant::now() + plan.drain;
-    while !pending.is_empty() {
-        match tokio::time::timeout_at(deadline.into(), pending.next()).await {
-            Ok(Some(done)) => handle(done),
-            Ok(None) => break,
+    while flight.len() > 0 {
+        match tokio::time::timeout_at(deadline.into(), flight.answered()).await {
+            Ok(()) => flight.record(&recorder, plan.producer, bytes),
             Err(_) => {
-                recorder.failed(Failure::Unanswered, pending.len() as u64);
+                recorder.failed(Failure::Unanswered, flight.len() as u64);
                 break;
             }
         }
@@ -276,14 +342,95 @@ mod tests {
     }
 
     impl Publisher for Delayed {
-        fn publish(&mut self, _key: &str, _data: Bytes) -> Ack {
+        fn publish(&mut self, _seq: u64, _key: &str, _data: Bytes) -> Option<Ack> {
             self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let delay = self.delay;
-            Box::pin(async move {
+            Some(Box::pin(async move {
                 tokio::time::sleep(delay).await;
                 Outcome::Acked { attempts: 1 }
-            })
+            }))
         }
+    }
+
+    /// Answers records in batches of up to `batch` through `poll_answers`, each batch `delay`
+    /// after its first record; every `fail_every`th record fails.
+    struct Batched {
+        delay: Duration,
+        batch: usize,
+        fail_every: u64,
+        waiting: Vec<u64>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Publisher for Batched {
+        fn publish(&mut self, seq: u64, _key: &str, _data: Bytes) -> Option<Ack> {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.waiting.is_empty() {
+                self.timer = Some(Box::pin(tokio::time::sleep(self.delay)));
+            }
+            self.waiting.push(seq);
+            None
+        }
+
+        fn poll_answers(
+            &mut self,
+            cx: &mut Context<'_>,
+            out: &mut Vec<(u64, Outcome)>,
+        ) -> Poll<()> {
+            let Some(timer) = self.timer.as_mut() else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let n = self.batch.min(self.waiting.len());
+            for seq in self.waiting.drain(..n) {
+                let outcome = if (seq + 1) % self.fail_every == 0 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Acked { attempts: 1 }
+                };
+                out.push((seq, outcome));
+            }
+            self.timer =
+                (!self.waiting.is_empty()).then(|| Box::pin(tokio::time::sleep(self.delay)));
+            Poll::Ready(())
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_batches_are_recorded_like_answers_by_future() {
+        let clock = Clock::new();
+        let rec = Arc::new(Recorder::new(
+            clock,
+            5,
+            Window {
+                start: 0,
+                end: u64::MAX,
+            },
+        ));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let publisher = Batched {
+            delay: Duration::from_millis(10),
+            batch: 7,
+            fail_every: 10,
+            waiting: Vec::new(),
+            timer: None,
+            sent: Arc::clone(&sent),
+        };
+        run_producer(
+            publisher,
+            plan(Load::Closed { window: 20 }, 200),
+            Arc::clone(&rec),
+            Arc::new(Filler::new(1)),
+        )
+        .await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        // 20 in flight, 7 answered every 10 ms, 200 ms: well over one window of sends.
+        assert!(sent > 40, "{sent}");
+        // Every record was answered: a tenth failed, the rest were acknowledged.
+        assert_eq!(rec.acked_count(), sent - sent / 10);
     }
 
     fn plan(load: Load, ms: u64) -> ProducerPlan {
