@@ -401,15 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_in_batches_are_recorded_like_answers_by_future() {
-        let clock = Clock::new();
-        let rec = Arc::new(Recorder::new(
-            clock,
-            5,
-            Window {
-                start: 0,
-                end: u64::MAX,
-            },
-        ));
+        let rec = recorder();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let publisher = Batched {
             delay: Duration::from_millis(10),
@@ -433,6 +425,18 @@ mod tests {
         assert_eq!(rec.acked_count(), sent - sent / 10);
     }
 
+    /// A recorder whose window covers the whole run.
+    fn recorder() -> Arc<Recorder> {
+        Arc::new(Recorder::new(
+            Clock::new(),
+            5,
+            Window {
+                start: 0,
+                end: u64::MAX,
+            },
+        ))
+    }
+
     fn plan(load: Load, ms: u64) -> ProducerPlan {
         ProducerPlan {
             producer: 0,
@@ -447,15 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_loop_keeps_its_window_full_and_every_send_is_answered() {
-        let clock = Clock::new();
-        let rec = Arc::new(Recorder::new(
-            clock,
-            5,
-            Window {
-                start: 0,
-                end: u64::MAX,
-            },
-        ));
+        let rec = recorder();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let publisher = Delayed {
             delay: Duration::from_millis(20),
@@ -476,15 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_open_loop_charges_the_wait_for_a_full_window_to_latency() {
-        let clock = Clock::new();
-        let rec = Arc::new(Recorder::new(
-            clock,
-            5,
-            Window {
-                start: 0,
-                end: u64::MAX,
-            },
-        ));
+        let rec = recorder();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // 1,000 records/s offered, one outstanding at a time, each answered after 50 ms: the
         // schedule falls behind at once, and latencies grow far above 50 ms.
