@@ -138,6 +138,7 @@ impl<P: Publisher> InFlight<P> {
     /// Records the answers taken in.
     fn record(&mut self, recorder: &Recorder, producer: u32, bytes: usize) {
         for (seq, outcome) in self.answers.drain(..) {
+            // A record answered twice (a publisher's fault) counts once.
             let Some(intended) = self.intended.remove(&seq) else {
                 continue;
             };
