@@ -193,6 +193,15 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// An entry routed by its partition key.
+fn entry(partition_key: impl Into<String>, data: impl Into<Bytes>) -> PutRecordsEntry {
+    PutRecordsEntry {
+        data: data.into(),
+        partition_key: partition_key.into(),
+        explicit_hash_key: None,
+    }
+}
+
 fn closed() -> ClientError {
     ClientError::new(ErrorCode::Internal, "the producer is closed")
 }
@@ -280,11 +289,7 @@ impl Producer {
         partition_key: impl Into<String>,
         data: impl Into<Bytes>,
     ) -> impl Future<Output = Result<PutResult, ClientError>> + Send + 'static {
-        self.send_entry(PutRecordsEntry {
-            data: data.into(),
-            partition_key: partition_key.into(),
-            explicit_hash_key: None,
-        })
+        self.send_entry(entry(partition_key, data))
     }
 
     /// Like [`Producer::send`], for an entry that may carry an explicit hash key.
@@ -318,12 +323,7 @@ impl Producer {
                  Client::producer_with_acks",
             ));
         }
-        let entry = PutRecordsEntry {
-            data: data.into(),
-            partition_key: partition_key.into(),
-            explicit_hash_key: None,
-        };
-        if self.queue(entry, Reply::Tagged(tag)) {
+        if self.queue(entry(partition_key, data), Reply::Tagged(tag)) {
             Ok(())
         } else {
             Err(closed())

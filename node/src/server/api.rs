@@ -10,7 +10,7 @@ use riptide_proto::v1;
 use riptide_proto::v1::admin_service_server::AdminService;
 use riptide_proto::v1::node_internal_server::NodeInternal;
 use riptide_proto::v1::stream_service_server::StreamService;
-use riptide_proto::{ShardId, StreamName};
+use riptide_proto::{SequenceNumber, ShardId, StreamName};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{ControllerCommand, NodeInfo};
@@ -328,15 +328,15 @@ impl StreamService for Api {
                 iterator = batch.next_shard_iterator.clone();
                 if !batch.records.is_empty() {
                     let more = may_have_more(&batch.records);
-                    let continuation = match batch.records.last().map(v1::Record::sequence) {
-                        Some(Ok(seq)) => seq.to_string(),
-                        Some(Err(e)) => {
-                            let e = ServiceError::internal(format!("a read record's {e}"));
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                        None => String::new(),
-                    };
+                    // Text, whichever form the records carry their positions in.
+                    let continuation = batch
+                        .records
+                        .last()
+                        .map(|r| match r.sequence_number.as_str() {
+                            "" => SequenceNumber(r.sequence).to_string(),
+                            text => text.to_string(),
+                        })
+                        .unwrap_or_default();
                     let event = v1::SubscribeToShardEvent {
                         records: batch.records,
                         continuation_sequence_number: continuation,
