@@ -117,6 +117,7 @@ impl RaftEngine {
             {
                 tracing::warn!(group_id = %group, "snapshot install was interrupted; group restarts empty");
                 engine.inner.store.writer.write_durable(ops).await?;
+                engine.inner.store.log_deleted_whole(group)?;
             }
             engine.start(group, &reg).await?;
         }
@@ -329,6 +330,7 @@ impl RaftEngine {
             .writer
             .write_durable(NodeStore::delete_group_ops(group))
             .await?;
+        self.inner.store.log_deleted_whole(group)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | family      | key                          | value                                   |
 //! |-------------|------------------------------|-----------------------------------------|
-//! | raft_log    | group ‖ index (BE u64)       | log entry                               |
+//! | raft_log    | group ‖ index (BE u64)       | log entry, or its log id and where its data is in a segment |
 //! | raft_meta   | group ‖ tag                  | vote, last purged log id, committed, group registration, released log index |
 //! | sm_meta     | group ‖ tag                  | last applied log id, last membership, snapshot-install marker |
 //! | records, shard_meta, controller | group ‖ application key | written by the group's state machine |
@@ -24,6 +24,10 @@ pub(crate) const META_RELEASED: u8 = 5;
 /// Key in raft_meta of the store's format version. It lies in the range of the reserved group
 /// `u64::MAX`, so no group's keys or range deletes reach it.
 pub(crate) const STORE_FORMAT_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffformat";
+
+/// Key in raft_meta of how far the segments were last synced (a `SyncMark`), in the reserved
+/// group like the format marker.
+pub(crate) const SEGMENTS_SYNCED_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffsegsync";
 
 pub(crate) const SM_APPLIED: u8 = 1;
 pub(crate) const SM_MEMBERSHIP: u8 = 2;

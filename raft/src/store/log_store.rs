@@ -4,12 +4,12 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend};
 
 use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use super::log_cache::LogCache;
-use super::{Family, NodeStore, Op, decode, encode};
+use super::{Family, NodeStore, Op, StoredEntry, encode, encode_in_segment, encode_inline};
 use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 
 /// The committed log id is written at most once per this many entries. It only speeds up
@@ -73,7 +73,10 @@ impl GroupLogStore {
         let mut out = Vec::new();
         let mut expected: Option<u64> = None;
         self.store.scan(Family::RaftLog, &from, &to, |k, v| {
-            let entry: Entry = decode(v, "raft_log entry")?;
+            // A reclaimed segment: the entry was purged since; the caller sees a shorter result.
+            let Some(entry) = self.store.load_entry(v)? else {
+                return Ok(false);
+            };
             let index = keys::log_index_of(k)
                 .ok_or_else(|| crate::error::StorageError::corrupt("raft_log key", "short key"))?;
             if entry.log_id.index != index || expected.is_some_and(|e| e != index) {
@@ -95,8 +98,7 @@ impl GroupLogStore {
         let mut it = inner.db.raw_iterator_cf_opt(inner.cf(Family::RaftLog), ro);
         it.seek_to_last();
         if let Some(v) = it.value().filter(|_| it.valid()) {
-            let entry: Entry = decode(v, "raft_log entry")?;
-            return Ok(Some(entry.log_id));
+            return Ok(Some(StoredEntry::decode(v)?.log_id()));
         }
         it.status().map_err(io::Error::other)?;
         Ok(None)
@@ -200,13 +202,46 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // The data of normal entries goes to the active segment, everything else (and the
+        // pointers) to RocksDB.
+        let data: Vec<(u64, &bytes::Bytes)> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(d) => Some((e.log_id.index, &d.0)),
+                _ => None,
+            })
+            .collect();
+        let segments = &self.store.inner.segments;
+        let (pointers, inflight) = if data.is_empty() {
+            (Vec::new(), None)
+        } else {
+            match segments.append(self.group, &data) {
+                Ok((pointers, inflight)) => (pointers, Some(inflight)),
+                Err(e) => {
+                    let reason = format!("segment write failed: {e}");
+                    self.store.writer.poison(reason.clone());
+                    callback.io_completed(Err(io::Error::other(reason.clone())));
+                    return Err(io::Error::other(reason));
+                }
+            }
+        };
+        let mut pointers = pointers.into_iter();
         let ops: Vec<Op> = entries
             .iter()
             .map(|e| {
+                // One pointer per normal entry, in order.
+                let ptr = match &e.payload {
+                    EntryPayload::Normal(_) => pointers.next(),
+                    _ => None,
+                };
+                let value = match ptr {
+                    Some(ptr) => encode_in_segment(e.log_id, ptr),
+                    None => encode_inline(e),
+                };
                 Op::Put(
                     Family::RaftLog,
                     keys::log_key(self.group, e.log_id.index).to_vec(),
-                    encode(e),
+                    value,
                 )
             })
             .collect();
@@ -220,6 +255,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 }),
             )
             .await?;
+        drop(inflight);
         self.cache.appended(&entries);
         Ok(())
     }
@@ -255,6 +291,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.cache.purged(log_id.index);
         if self.log_is_data {
             self.store.delete_released_log(self.group)?;
+        } else {
+            self.store.log_front_deleted(self.group)?;
         }
         Ok(())
     }
@@ -266,6 +304,8 @@ mod tests {
     use openraft::testing::log_id;
 
     use super::*;
+    use openraft::storage::IOFlushed;
+
     use crate::store::{GroupBatch, GroupCommit, GroupView};
     use crate::types::AppData;
 
@@ -296,7 +336,7 @@ mod tests {
                 Op::Put(
                     Family::RaftLog,
                     keys::log_key(group, i).to_vec(),
-                    encode(&e),
+                    encode_inline(&e),
                 )
             })
             .collect();
@@ -344,6 +384,152 @@ mod tests {
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(9));
+        store.shutdown();
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>, bytes: usize) -> Vec<Entry> {
+        range
+            .map(|i| {
+                Entry::new_normal(
+                    log_id::<TypeConfig>(1, 1, i),
+                    AppData(vec![i as u8; bytes].into()),
+                )
+            })
+            .collect()
+    }
+
+    async fn read(log: &mut GroupLogStore, range: std::ops::Range<u64>) -> Vec<(u64, usize)> {
+        log.try_get_log_entries(range)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(d) => {
+                    assert!(
+                        d.0.iter().all(|b| *b == e.log_id.index as u8),
+                        "entry {} reads back as written",
+                        e.log_id.index
+                    );
+                    (e.log_id.index, d.0.len())
+                }
+                _ => (e.log_id.index, 0),
+            })
+            .collect()
+    }
+
+    /// A segment is unlinked once no group has an entry in it, and not before; what is left
+    /// reads back, also after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_are_reclaimed_once_no_group_points_into_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = NodeStore::open_sized(dir.path(), GroupCommit::On, 0, 64 << 10).expect("open");
+        let (g1, g2) = (GroupId(1), GroupId(2));
+        let mut l1 = GroupLogStore::new(store.clone(), g1, false, 0).expect("log store");
+        let mut l2 = GroupLogStore::new(store.clone(), g2, false, 0).expect("log store");
+        for i in 1..=40 {
+            l1.append(entries(i..=i, 8 << 10), IOFlushed::noop())
+                .await
+                .expect("append");
+            l2.append(entries(i..=i, 8 << 10), IOFlushed::noop())
+                .await
+                .expect("append");
+        }
+        let before = store.inner.segments.ids();
+        assert!(before.len() >= 9, "640 KiB in 64 KiB segments: {before:?}");
+
+        l1.purge(log_id::<TypeConfig>(1, 1, 30))
+            .await
+            .expect("purge");
+        assert_eq!(
+            store.inner.segments.ids(),
+            before,
+            "group 2 still has entries in every segment"
+        );
+        l2.purge(log_id::<TypeConfig>(1, 1, 20))
+            .await
+            .expect("purge");
+        let after = store.inner.segments.ids();
+        assert!(
+            after.len() < before.len() && after.len() >= before.len() / 2,
+            "the segments of group 2's first 20 entries went: {before:?} -> {after:?}"
+        );
+        let want = |r: std::ops::Range<u64>| r.map(|i| (i, 8 << 10)).collect::<Vec<_>>();
+        assert_eq!(read(&mut l1, 31..41).await, want(31..41));
+        assert_eq!(read(&mut l2, 21..41).await, want(21..41));
+
+        store.shutdown();
+        drop((l1, l2, store));
+        let store = NodeStore::open_sized(dir.path(), GroupCommit::On, 0, 64 << 10).expect("open");
+        let reopened = store.inner.segments.ids();
+        assert_eq!(
+            reopened[..reopened.len() - 1],
+            after[..],
+            "a reopen keeps what is in use and starts a new segment"
+        );
+        let mut l2 = GroupLogStore::new(store.clone(), g2, false, 0).expect("log store");
+        assert_eq!(read(&mut l2, 21..41).await, want(21..41));
+        store.shutdown();
+    }
+
+    /// Entries whose pointers reached the disk but whose data did not (possible only for
+    /// entries written after the last sync, never acknowledged) are cut off the log on open,
+    /// from the first damaged one on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_whose_data_missed_the_disk_are_cut_off_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let group = GroupId(3);
+        {
+            let store = NodeStore::open(dir.path(), GroupCommit::On).expect("open");
+            let mut log = GroupLogStore::new(store.clone(), group, true, 0).expect("log store");
+            log.append(entries(1..=5, 1000), IOFlushed::noop())
+                .await
+                .expect("append");
+            store.writer.write_durable(Vec::new()).await.expect("sync");
+            let mark = store
+                .get(Family::RaftMeta, keys::SEGMENTS_SYNCED_KEY)
+                .expect("read")
+                .expect("a sync records its mark");
+            log.append(entries(6..=8, 1000), IOFlushed::noop())
+                .await
+                .expect("append");
+            store.writer.write_durable(Vec::new()).await.expect("sync");
+            // As if the node had crashed after the WAL holding the pointers of 6 to 8 was
+            // written back, before the segment was synced, and entry 7's data never got there.
+            let raw = store
+                .get(Family::RaftLog, &keys::log_key(group, 7))
+                .expect("read")
+                .expect("entry 7");
+            let StoredEntry::InSegment(_, ptr) = StoredEntry::decode(&raw).expect("decode") else {
+                panic!("entry 7 is in a segment");
+            };
+            let db = &store.inner.db;
+            db.put_cf(
+                store.inner.cf(Family::RaftMeta),
+                keys::SEGMENTS_SYNCED_KEY,
+                mark,
+            )
+            .expect("put");
+            db.flush_wal(true).expect("sync");
+            let seg = std::fs::OpenOptions::new()
+                .write(true)
+                .open(
+                    dir.path()
+                        .join("segments")
+                        .join(format!("{:020}.seg", ptr.segment)),
+                )
+                .expect("segment file");
+            std::os::unix::fs::FileExt::write_all_at(&seg, &[0u8; 1000], ptr.offset)
+                .expect("zero entry 7");
+            store.shutdown();
+        }
+        let store = NodeStore::open(dir.path(), GroupCommit::On).expect("reopen");
+        let mut log = GroupLogStore::new(store.clone(), group, true, 0).expect("log store");
+        assert_eq!(
+            read(&mut log, 0..20).await,
+            (1..=6).map(|i| (i, 1000)).collect::<Vec<_>>()
+        );
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
         store.shutdown();
     }
 }

@@ -4,8 +4,9 @@
 //! state-machine applies) goes through one queue. A writer thread drains the queue into one
 //! `WriteBatch` and writes it to RocksDB without syncing; at that point the writes are readable
 //! and their `written` waiters are released. The callbacks that need durability are handed to a
-//! syncer thread, which flushes and syncs the WAL once for everything written since its previous
-//! sync and then fires them all. While one sync runs, the next batches pile up and share the
+//! syncer thread, which syncs the record store's segments and then the WAL
+//! ([`StoreInner::sync`]) once for everything written since its previous sync, and then fires
+//! them all. While one sync runs, the next batches pile up and share the
 //! next one.
 //!
 //! Log appends skip the writer thread: [`LogWriter::append`] writes on the calling task and
@@ -391,7 +392,7 @@ fn sync_wal(store: &StoreInner, shared: &Shared) -> Result<(), StorageError> {
         return Err(StorageError::Poisoned(reason));
     }
     let started = Instant::now();
-    match store.db.flush_wal(true) {
+    match store.sync() {
         Ok(()) => {
             shared.stats.lock().unwrap_or_else(|e| e.into_inner()).syncs += 1;
             tracing::trace!(
@@ -401,8 +402,8 @@ fn sync_wal(store: &StoreInner, shared: &Shared) -> Result<(), StorageError> {
             Ok(())
         }
         Err(e) => {
-            shared.poison(format!("wal sync failed: {e}"));
-            Err(StorageError::Poisoned(format!("wal sync failed: {e}")))
+            shared.poison(format!("sync failed: {e}"));
+            Err(StorageError::Poisoned(format!("sync failed: {e}")))
         }
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod keys;
 pub(crate) mod log_cache;
 pub(crate) mod log_store;
 mod log_writer;
+pub(crate) mod segments;
 pub(crate) mod snapshot;
 pub(crate) mod state_machine;
 
@@ -19,7 +20,8 @@ pub(crate) use log_writer::LogWriter;
 pub use log_writer::WriterStats;
 
 use crate::error::StorageError;
-use crate::types::GroupId;
+use crate::types::{Entry, GroupId, LogId};
+use segments::{Pointer, Segments, SyncMark};
 
 /// Column families of the node's RocksDB. Fixed: groups never add families of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,6 +125,11 @@ pub(crate) struct StoreInner {
     pub(crate) log_deleted: std::sync::Mutex<std::collections::HashMap<GroupId, u64>>,
     /// The newest entries of each running group's log.
     pub(crate) log_caches: log_cache::LogCaches,
+    /// The data of normal log entries.
+    pub(crate) segments: Arc<Segments>,
+    /// Held through a whole [`StoreInner::sync`], so that no sync records a mark that another,
+    /// still running, has not made true yet.
+    sync_lock: std::sync::Mutex<()>,
 }
 
 impl StoreInner {
@@ -131,6 +138,79 @@ impl StoreInner {
             .cf_handle(family.name())
             .expect("every column family is created when the store is opened")
     }
+
+    /// Makes everything written so far durable: the segments written since the last sync, then
+    /// the WAL, which records how far the segments were synced.
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        let _one_at_a_time = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = self.segments.sync()?;
+        self.db.put_cf(
+            self.cf(Family::RaftMeta),
+            keys::SEGMENTS_SYNCED_KEY,
+            encode(&mark),
+        )?;
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+/// How a log entry is kept in the raft_log family: whole, in the value...
+pub(crate) const ENTRY_INLINE: u8 = 0;
+/// ...or as its log id and a pointer to its data in a segment.
+const ENTRY_IN_SEGMENT: u8 = 1;
+
+/// A raft_log value of an entry whose data is in a segment.
+#[derive(Serialize, serde::Deserialize)]
+struct SegmentEntry {
+    log_id: LogId,
+    data: Pointer,
+}
+
+/// A raft_log value, decoded.
+pub(crate) enum StoredEntry {
+    Inline(Entry),
+    InSegment(LogId, Pointer),
+}
+
+impl StoredEntry {
+    pub(crate) fn decode(raw: &[u8]) -> Result<Self, StorageError> {
+        match raw.split_first() {
+            Some((&ENTRY_INLINE, rest)) => Ok(Self::Inline(decode(rest, "raft_log entry")?)),
+            Some((&ENTRY_IN_SEGMENT, rest)) => {
+                let e: SegmentEntry = decode(rest, "raft_log entry pointer")?;
+                Ok(Self::InSegment(e.log_id, e.data))
+            }
+            Some((tag, _)) => Err(StorageError::corrupt(
+                "raft_log entry",
+                format!("unknown kind {tag}"),
+            )),
+            None => Err(StorageError::corrupt("raft_log entry", "empty value")),
+        }
+    }
+
+    pub(crate) fn log_id(&self) -> LogId {
+        match self {
+            Self::Inline(e) => e.log_id,
+            Self::InSegment(log_id, _) => *log_id,
+        }
+    }
+}
+
+/// The raft_log value of `entry`, kept whole.
+pub(crate) fn encode_inline(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(ENTRY_INLINE);
+    bincode::serialize_into(&mut out, entry).expect("engine types always serialize");
+    out
+}
+
+/// The raft_log value of an entry whose data is at `data`.
+pub(crate) fn encode_in_segment(log_id: LogId, data: Pointer) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(ENTRY_IN_SEGMENT);
+    bincode::serialize_into(&mut out, &SegmentEntry { log_id, data })
+        .expect("engine types always serialize");
+    out
 }
 
 /// Tells when a [`NodeStore`]'s RocksDB has been closed.
@@ -183,6 +263,21 @@ impl NodeStore {
         dir: &Path,
         group_commit: GroupCommit,
         record_cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        Self::open_sized(
+            dir,
+            group_commit,
+            record_cache_bytes,
+            segments::SEGMENT_BYTES,
+        )
+    }
+
+    /// [`NodeStore::open_with`], with segments sealed at `segment_bytes` (tests use small ones).
+    pub(crate) fn open_sized(
+        dir: &Path,
+        group_commit: GroupCommit,
+        record_cache_bytes: usize,
+        segment_bytes: u64,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let mut opts = Options::default();
@@ -259,15 +354,187 @@ impl NodeStore {
                 db.set_options_cf(&cf, &[("prepopulate_blob_cache", "kFlushOnly")])?;
             }
         }
+        let segments = Arc::new(Segments::open(&dir.join("segments"), segment_bytes)?);
         let inner = Arc::new(StoreInner {
             db,
             path: dir.to_path_buf(),
             log_deleted: Default::default(),
             log_caches: Default::default(),
+            segments,
+            sync_lock: Default::default(),
         });
         check_format(&inner)?;
         let writer = LogWriter::start(inner.clone(), group_commit)?;
-        Ok(Self { inner, writer })
+        let store = Self { inner, writer };
+        store.recover_segments()?;
+        Ok(store)
+    }
+
+    /// On open: cuts off each group's log where entries written after the last segment sync
+    /// have data that did not reach the disk (never acknowledged, see [`segments`]), then finds
+    /// each group's first segment and reclaims the segments no group points into.
+    fn recover_segments(&self) -> Result<(), StorageError> {
+        let mark: SyncMark = self
+            .get_value(Family::RaftMeta, keys::SEGMENTS_SYNCED_KEY)?
+            .unwrap_or(SyncMark {
+                segment: 0,
+                offset: 0,
+            });
+        let groups = self.log_groups()?;
+        let mut cut = Vec::new();
+        for &group in &groups {
+            if let Some(from) = self.first_unsynced_damage(group, &mark)? {
+                tracing::warn!(
+                    group_id = %group,
+                    from_index = from,
+                    "log entries written after the last sync lost their data in a crash; \
+                     cutting the log there (they were never acknowledged)"
+                );
+                cut.push(Op::DeleteRange(
+                    Family::RaftLog,
+                    keys::log_key(group, from).to_vec(),
+                    keys::group_end(group),
+                ));
+            }
+        }
+        if !cut.is_empty() {
+            self.write_now(&cut)?;
+            self.inner.sync()?;
+        }
+        for group in groups {
+            self.rescan_segments(group)?;
+        }
+        self.reclaim_segments()
+    }
+
+    /// The groups that have log entries.
+    fn log_groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        let mut out = Vec::new();
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf(self.inner.cf(Family::RaftLog));
+        it.seek_to_first();
+        while it.valid() {
+            let Some(group) = it.key().and_then(keys::group_of) else {
+                return Err(StorageError::corrupt("raft_log key", "short key"));
+            };
+            out.push(group);
+            if group.0 >= keys::MAX_GROUP_ID {
+                break;
+            }
+            it.seek(keys::group_end(group));
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The first index of `group` whose data is past `mark` and does not read back whole.
+    fn first_unsynced_damage(
+        &self,
+        group: GroupId,
+        mark: &SyncMark,
+    ) -> Result<Option<u64>, StorageError> {
+        // Walk back from the last entry to the first whose data the mark covers.
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(keys::group_prefix(group).to_vec());
+        ro.set_iterate_upper_bound(keys::group_end(group));
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.inner.cf(Family::RaftLog), ro);
+        it.seek_to_last();
+        let mut unsynced = Vec::new();
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if let StoredEntry::InSegment(log_id, ptr) = StoredEntry::decode(v)? {
+                if mark.covers(&ptr) {
+                    break;
+                }
+                let index = keys::log_index_of(k)
+                    .ok_or_else(|| StorageError::corrupt("raft_log key", "short key"))?;
+                debug_assert_eq!(index, log_id.index);
+                unsynced.push((index, ptr));
+            }
+            it.prev();
+        }
+        it.status()?;
+        // Oldest first: everything from the first damaged entry on goes.
+        for (index, ptr) in unsynced.into_iter().rev() {
+            if self.inner.segments.read(&ptr).is_err() {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finds `group`'s first entry in a segment, after some of its entries were deleted.
+    pub(crate) fn rescan_segments(&self, group: GroupId) -> Result<(), StorageError> {
+        let scan = self.inner.segments.begin_rescan(group);
+        let mut found = None;
+        self.scan(
+            Family::RaftLog,
+            &keys::log_key(group, scan.from),
+            &keys::group_end(group),
+            |k, v| {
+                if let StoredEntry::InSegment(_, ptr) = StoredEntry::decode(v)? {
+                    let index = keys::log_index_of(k)
+                        .ok_or_else(|| StorageError::corrupt("raft_log key", "short key"))?;
+                    found = Some((index, ptr.segment));
+                    return Ok(false);
+                }
+                Ok(true)
+            },
+        )?;
+        self.inner.segments.finish_rescan(scan, found);
+        Ok(())
+    }
+
+    /// Unlinks the segments no group points into any more, once a sync has made the deletions
+    /// that freed them durable. Nothing is unlinked while a snapshot is being built.
+    pub(crate) fn reclaim_segments(&self) -> Result<(), StorageError> {
+        let segments = &self.inner.segments;
+        if segments.pinned() {
+            return Ok(());
+        }
+        let garbage = segments.garbage();
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        self.inner.sync().inspect_err(|e| {
+            self.writer.poison(format!("sync failed: {e}"));
+        })?;
+        segments.unlink(&garbage)
+    }
+
+    /// After entries of `group` were deleted from the front of its log: reclaims what they held.
+    pub(crate) fn log_front_deleted(&self, group: GroupId) -> Result<(), StorageError> {
+        self.rescan_segments(group)?;
+        self.reclaim_segments()
+    }
+
+    /// After `group`'s whole log was deleted (and the deletion synced).
+    pub(crate) fn log_deleted_whole(&self, group: GroupId) -> Result<(), StorageError> {
+        self.inner.segments.forget_group(group);
+        self.reclaim_segments()
+    }
+
+    /// Reads a raft_log value back into its entry. `None`: its segment was reclaimed, i.e. the
+    /// entry was deleted since the caller found it.
+    pub(crate) fn load_entry(&self, raw: &[u8]) -> Result<Option<Entry>, StorageError> {
+        match StoredEntry::decode(raw)? {
+            StoredEntry::Inline(e) => Ok(Some(e)),
+            StoredEntry::InSegment(log_id, ptr) => match self.inner.segments.read(&ptr) {
+                Ok(data) => Ok(Some(<Entry as openraft::entry::RaftEntry>::new_normal(
+                    log_id,
+                    crate::types::AppData(data),
+                ))),
+                Err(segments::ReadError::Gone(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 
     /// A handle that tells when the RocksDB has been closed, i.e. every clone of this store
@@ -318,7 +585,8 @@ impl NodeStore {
             keys::log_key(group, upto.saturating_add(1)).to_vec(),
         )])?;
         deleted.insert(group, upto);
-        Ok(())
+        drop(deleted);
+        self.log_front_deleted(group)
     }
 
     /// Forgets what [`NodeStore::delete_released_log`] deleted for `group`, after its log was
@@ -431,9 +699,10 @@ impl NodeStore {
     }
 }
 
-/// The layout of the stored data. Version 2: shard records are stored one key per log entry.
-/// Version 1 (one key per record) had no marker.
-pub(crate) const STORE_FORMAT: u32 = 2;
+/// The layout of the stored data. Version 3: the data of normal log entries is in segment
+/// files, the raft_log family holds pointers to it. Version 2: shard records are stored one key
+/// per log entry, each entry whole in raft_log. Version 1 (one key per record) had no marker.
+pub(crate) const STORE_FORMAT: u32 = 3;
 
 /// Refuses a store written in another format; marks a new store with [`STORE_FORMAT`].
 fn check_format(inner: &StoreInner) -> Result<(), StorageError> {
@@ -634,7 +903,10 @@ impl GroupView {
             return Ok(());
         }
         self.store.scan(Family::RaftLog, &start, end, |_, v| {
-            let entry: crate::types::Entry = decode(v, "raft_log entry")?;
+            // A reclaimed segment: the rest was deleted while this scan ran.
+            let Some(entry) = self.store.load_entry(v)? else {
+                return Ok(false);
+            };
             match entry.payload {
                 openraft::EntryPayload::Normal(data) => f(entry.log_id.index, data.0),
                 _ => Ok(true),
@@ -704,7 +976,7 @@ mod format_tests {
         let msg = err.to_string();
         assert!(
             msg.contains("format 1")
-                && msg.contains("format 2")
+                && msg.contains(&format!("format {STORE_FORMAT}"))
                 && msg.contains("move the directory"),
             "{msg}"
         );
@@ -770,7 +1042,7 @@ mod wal_recycling_tests {
         let ops: Vec<Op> = (0..keys)
             .map(|i| {
                 Op::Put(
-                    Family::RaftLog,
+                    Family::Data(DataFamily::Records),
                     keys::log_key(GroupId(1), i).to_vec(),
                     vec![round; 8 << 10],
                 )
@@ -807,7 +1079,10 @@ mod wal_recycling_tests {
         let store = NodeStore::open(dir.path(), GroupCommit::On).expect("reopens");
         for i in 0..20u64 {
             let value = store
-                .get(Family::RaftLog, &keys::log_key(GroupId(1), i))
+                .get(
+                    Family::Data(DataFamily::Records),
+                    &keys::log_key(GroupId(1), i),
+                )
                 .expect("read")
                 .expect("present");
             let want = if i < 5 { 3 } else { 2 };

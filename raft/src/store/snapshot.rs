@@ -21,7 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{self, SM_APPLIED, SM_MEMBERSHIP};
-use super::{DataFamily, Family, NodeStore, Op, decode};
+use super::{DataFamily, ENTRY_INLINE, Family, NodeStore, Op, decode, encode_inline};
 use crate::types::{GroupId, LogId, SnapshotMeta, StoredMembership};
 
 /// One item of a live snapshot stream.
@@ -167,6 +167,10 @@ pub(crate) fn chunk_to_ops(group: GroupId, mut chunk: Bytes) -> io::Result<Vec<O
                 let index: [u8; 8] = key[..]
                     .try_into()
                     .map_err(|_| bad("log entry key is not 8 bytes"))?;
+                // Entries travel whole: a pointer would name a segment of the sender's.
+                if value.first() != Some(&ENTRY_INLINE) {
+                    return Err(bad("log entry is not a whole entry"));
+                }
                 Op::Put(
                     Family::RaftLog,
                     keys::log_key(group, u64::from_be_bytes(index)).to_vec(),
@@ -205,8 +209,9 @@ struct ChunkSender {
 
 impl ChunkSender {
     /// Encodes every key in `[from, to)` of `cf` in the view `snap` as a record with `code`
-    /// (keys without their group prefix). Returns false if the consumer went away or the
-    /// read failed (the error is sent on).
+    /// (keys without their group prefix). With `log` set, the values are raft_log entries and
+    /// are sent whole, their data read from its segment. Returns false if the consumer went away
+    /// or the read failed (the error is sent on).
     fn send_range(
         &mut self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
@@ -214,6 +219,7 @@ impl ChunkSender {
         from: &[u8],
         to: Vec<u8>,
         code: u8,
+        log: Option<&NodeStore>,
     ) -> bool {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(to);
@@ -230,7 +236,29 @@ impl ChunkSender {
                     return false;
                 }
             };
-            encode_record(&mut self.buf, code, &k[keys::GROUP_PREFIX_LEN..], &v);
+            let whole;
+            let v: &[u8] = match log {
+                None => &v,
+                Some(store) => match store.load_entry(&v) {
+                    Ok(Some(entry)) => {
+                        whole = encode_inline(&entry);
+                        &whole
+                    }
+                    // The view's segments are pinned; a missing one is lost data.
+                    Ok(None) => {
+                        let _ = self.tx.blocking_send(Err(io::Error::other(format!(
+                            "snapshot: the segment of log entry {:?} is missing",
+                            keys::log_index_of(&k)
+                        ))));
+                        return false;
+                    }
+                    Err(e) => {
+                        let _ = self.tx.blocking_send(Err(e.into()));
+                        return false;
+                    }
+                },
+            };
+            encode_record(&mut self.buf, code, &k[keys::GROUP_PREFIX_LEN..], v);
             if self.buf.len() >= self.chunk_bytes
                 && self
                     .tx
@@ -274,6 +302,9 @@ pub(crate) async fn live_snapshot(
     let (tx, rx) = mpsc::channel::<io::Result<SnapshotFrame>>(2);
     tokio::task::spawn_blocking(move || {
         let inner = &store.inner;
+        // Pinned before the view is taken: no segment its pointers reach is unlinked until the
+        // snapshot has been sent.
+        let _pin = inner.segments.pin();
         let snap = inner.db.snapshot();
         let sm_meta = inner.cf(Family::SmMeta);
         let meta =
@@ -307,6 +338,7 @@ pub(crate) async fn live_snapshot(
                 &from,
                 to,
                 family.code(),
+                None,
             ) {
                 return;
             }
@@ -336,7 +368,14 @@ pub(crate) async fn live_snapshot(
             }
             let from = keys::log_key(group, from);
             let to = keys::log_key(group, applied.saturating_add(1)).to_vec();
-            if !out.send_range(&snap, inner.cf(Family::RaftLog), &from, to, CODE_LOG) {
+            if !out.send_range(
+                &snap,
+                inner.cf(Family::RaftLog),
+                &from,
+                to,
+                CODE_LOG,
+                Some(&store),
+            ) {
                 return;
             }
         }
@@ -393,7 +432,13 @@ mod tests {
     fn retained_log_entries_and_the_release_mark_go_to_the_log() {
         let mut buf = BytesMut::new();
         encode_record(&mut buf, CODE_RELEASED, b"", &9u64.to_be_bytes());
-        encode_record(&mut buf, CODE_LOG, &10u64.to_be_bytes(), b"entry ten");
+        encode_record(&mut buf, CODE_LOG, &10u64.to_be_bytes(), b"\0entry ten");
+        let mut pointer = BytesMut::new();
+        encode_record(&mut pointer, CODE_LOG, &11u64.to_be_bytes(), b"\x01pointer");
+        assert!(
+            chunk_to_ops(GroupId(7), pointer.freeze()).is_err(),
+            "an entry that points into the sender's segments is refused"
+        );
         let ops = chunk_to_ops(GroupId(7), buf.freeze()).expect("valid chunk");
         match &ops[..] {
             [
@@ -403,7 +448,7 @@ mod tests {
                 assert_eq!(mk, &keys::meta_key(GroupId(7), keys::META_RELEASED));
                 assert_eq!(mv, &9u64.to_be_bytes());
                 assert_eq!(lk, &keys::log_key(GroupId(7), 10));
-                assert_eq!(lv, b"entry ten");
+                assert_eq!(lv, b"\0entry ten");
             }
             other => panic!("unexpected ops {other:?}"),
         }

@@ -294,6 +294,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             ),
         ];
         self.store.writer.write(ops).await?;
+        if self.log_is_data {
+            // The entries the snapshot replaced no longer hold their segments.
+            self.store.log_front_deleted(group)?;
+        }
         self.app.restore(&self.view)?;
         self.app.applied();
         Ok(())
