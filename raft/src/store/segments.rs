@@ -120,8 +120,7 @@ struct GroupSegs {
 /// of it, from a buffer aligned to it (what O_DIRECT asks).
 const BLOCK: usize = 4096;
 
-/// A reused, block-aligned buffer holding the active segment's bytes from the start of its
-/// last, partly written block.
+/// A reused, block-aligned buffer of a segment's bytes from a block boundary on.
 struct BlockBuf {
     raw: Vec<u8>,
     /// Where the aligned part of `raw` starts.
@@ -162,19 +161,38 @@ impl BlockBuf {
         self.len += data.len();
     }
 
-    /// The bytes held, zero-padded to whole blocks.
-    fn blocks(&mut self) -> &[u8] {
+    /// Zero-pads the bytes held to whole blocks.
+    fn pad(&mut self) {
         let padded = self.len.next_multiple_of(BLOCK);
         self.raw[self.start + self.len..self.start + padded].fill(0);
-        &self.raw[self.start..self.start + padded]
     }
 
-    /// Drops the whole blocks held, keeping the partly written last one.
-    fn keep_partial_block(&mut self) {
-        let whole = self.len / BLOCK * BLOCK;
-        self.raw
-            .copy_within(self.start + whole..self.start + self.len, self.start);
-        self.len -= whole;
+    /// The bytes held, with their padding ([`BlockBuf::pad`]).
+    fn blocks(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len.next_multiple_of(BLOCK)]
+    }
+}
+
+/// Appended bytes on their way to a segment file: readers find them here until the write is
+/// done.
+struct Chunk {
+    segment: u64,
+    file: Arc<File>,
+    /// File offset of the first byte, a block boundary.
+    start: u64,
+    buf: BlockBuf,
+}
+
+impl Chunk {
+    fn holds(&self, ptr: &Pointer) -> bool {
+        ptr.segment == self.segment
+            && ptr.offset >= self.start
+            && ptr.end() <= self.start + self.buf.len as u64
+    }
+
+    fn copy(&self, ptr: &Pointer) -> Bytes {
+        let from = (ptr.offset - self.start) as usize;
+        Bytes::copy_from_slice(&self.buf.held()[from..from + ptr.len as usize])
     }
 }
 
@@ -183,11 +201,42 @@ struct Active {
     /// Opened for writing, with O_DIRECT where the file system has it.
     file: Arc<File>,
     len: u64,
-    /// The active segment's bytes from its last block boundary at or before `len`.
+    /// The active segment's bytes from `tail_start` (a block boundary) to `len`: the last
+    /// block handed to the syncer, which is written again with what follows it, and everything
+    /// appended since.
     tail: BlockBuf,
-    /// Segments written since the last sync (the active one and any sealed in between).
-    dirty: Vec<Arc<File>>,
+    tail_start: u64,
+    /// `len` when the tail was last handed to the syncer.
+    handed: u64,
+    /// Bytes handed to the syncer and not yet written, oldest first.
+    chunks: Vec<Arc<Chunk>>,
+    /// Buffers of written chunks, for the next tails.
+    spare: Vec<BlockBuf>,
     groups: HashMap<GroupId, GroupSegs>,
+}
+
+impl Active {
+    /// Hands the tail's new bytes to the syncer; the tail keeps its last, partly filled block.
+    fn hand_over(&mut self) {
+        if self.len == self.handed {
+            return;
+        }
+        let whole = self.tail.len / BLOCK * BLOCK;
+        let mut next = self.spare.pop().unwrap_or_else(|| BlockBuf::new(1 << 20));
+        next.len = 0;
+        next.reserve(self.tail.len - whole);
+        next.push(&self.tail.held()[whole..]);
+        let mut buf = std::mem::replace(&mut self.tail, next);
+        buf.pad();
+        self.chunks.push(Arc::new(Chunk {
+            segment: self.id,
+            file: self.file.clone(),
+            start: self.tail_start,
+            buf,
+        }));
+        self.tail_start += whole as u64;
+        self.handed = self.len;
+    }
 }
 
 /// The node's segment files.
@@ -205,6 +254,22 @@ impl std::fmt::Debug for Segments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segments").field("dir", &self.dir).finish()
     }
+}
+
+/// `data`, read from `ptr`, if it matches the pointer's CRC.
+fn check(ptr: &Pointer, data: Bytes) -> Result<Bytes, ReadError> {
+    let crc = crc32c::crc32c(&data);
+    if crc != ptr.crc {
+        return Err(ReadError::Corrupt {
+            segment: ptr.segment,
+            offset: ptr.offset,
+            reason: format!(
+                "{} bytes with CRC32C {crc:08x}, expected {:08x}",
+                ptr.len, ptr.crc
+            ),
+        });
+    }
+    Ok(data)
 }
 
 /// Marks an append in flight until it is dropped ([`Segments::append`]).
@@ -306,7 +371,10 @@ impl Segments {
                 file: Arc::new(file),
                 len: 0,
                 tail: BlockBuf::new(1 << 20),
-                dirty: Vec::new(),
+                tail_start: 0,
+                handed: 0,
+                chunks: Vec::new(),
+                spare: Vec::new(),
                 groups: HashMap::new(),
             }),
             files: RwLock::new(files),
@@ -319,9 +387,10 @@ impl Segments {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the data of `group`'s entries (index and data, in index order) to the end of the
-    /// active segment and returns where each went. The returned guard marks the append in flight
-    /// until the pointers are written to RocksDB: drop it after that (or after it failed).
+    /// Appends the data of `group`'s entries (index and data, in index order) to the active
+    /// segment and returns where each went. The data is readable at once; the syncer writes it
+    /// to the file ([`Segments::sync`]). The returned guard marks the append in flight until the
+    /// pointers are written to RocksDB: drop it after that (or after it failed).
     pub(crate) fn append<'a>(
         &'a self,
         group: GroupId,
@@ -349,19 +418,8 @@ impl Segments {
             });
             offset += u64::from(len);
         }
-        // The last block written before is written again, with the new data after its old.
-        let block_start = active.len / BLOCK as u64 * BLOCK as u64;
-        let Active { file, tail, .. } = &mut *active;
-        let written = file.write_all_at(tail.blocks(), block_start);
         active.len = offset;
-        active.tail.keep_partial_block();
-        // On failure, what was written of this append is never pointed to; the caller poisons
-        // the store.
-        written?;
-        let (id, file) = (active.id, active.file.clone());
-        if !active.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            active.dirty.push(file);
-        }
+        let id = active.id;
         let g = active.groups.entry(group).or_insert_with(|| GroupSegs {
             hint: first_index,
             ..Default::default()
@@ -388,16 +446,32 @@ impl Segments {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::new(reader));
-        // The sealed segment stays in `dirty` (if written since the last sync) until synced.
+        // The sealed segment's last bytes go to the syncer with the rest.
+        active.hand_over();
         active.id = id;
         active.file = Arc::new(file);
         active.len = 0;
         active.tail.len = 0;
+        active.tail_start = 0;
+        active.handed = 0;
         Ok(())
     }
 
     /// Reads the data at `ptr` and checks it against its CRC.
     pub(crate) fn read(&self, ptr: &Pointer) -> Result<Bytes, ReadError> {
+        {
+            // Not written to its file yet?
+            let active = self.lock();
+            if ptr.segment == active.id && ptr.offset >= active.tail_start {
+                let from = (ptr.offset - active.tail_start) as usize;
+                let held = active.tail.held();
+                if let Some(data) = held.get(from..from + ptr.len as usize) {
+                    return check(ptr, Bytes::copy_from_slice(data));
+                }
+            } else if let Some(chunk) = active.chunks.iter().rev().find(|c| c.holds(ptr)) {
+                return check(ptr, chunk.copy(ptr));
+            }
+        }
         let file = self
             .files
             .read()
@@ -420,40 +494,46 @@ impl Segments {
                 }
             }
         })?;
-        let crc = crc32c::crc32c(&buf);
-        if crc != ptr.crc {
-            return Err(ReadError::Corrupt {
-                segment: ptr.segment,
-                offset: ptr.offset,
-                reason: format!(
-                    "{} bytes with CRC32C {crc:08x}, expected {:08x}",
-                    ptr.len, ptr.crc
-                ),
-            });
-        }
-        Ok(buf.freeze())
+        check(ptr, buf.freeze())
     }
 
-    /// Syncs every segment written since the previous sync; returns how far that covered.
+    /// Writes everything appended so far to the segment files and syncs them; returns how far
+    /// that covered. Called by one thread at a time ([`super::StoreInner::sync`]), so the
+    /// writes of a segment's shared blocks land in order.
     pub(crate) fn sync(&self) -> Result<SyncMark, StorageError> {
-        let (dirty, mark) = {
+        let (chunks, mark) = {
             let mut active = self.lock();
+            active.hand_over();
             let mark = SyncMark {
                 segment: active.id,
                 offset: active.len,
             };
-            (std::mem::take(&mut active.dirty), mark)
+            (active.chunks.clone(), mark)
         };
-        for file in &dirty {
-            if let Err(e) = file.sync_data() {
-                // Synced or not, these must be synced again before anything counts as durable.
-                let mut active = self.lock();
-                for f in dirty {
-                    if !active.dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
-                        active.dirty.push(f);
-                    }
-                }
-                return Err(e.into());
+        let mut files: Vec<&Arc<File>> = Vec::new();
+        for chunk in &chunks {
+            chunk.file.write_all_at(chunk.buf.blocks(), chunk.start)?;
+            if !files.iter().any(|f| Arc::ptr_eq(f, &chunk.file)) {
+                files.push(&chunk.file);
+            }
+        }
+        for file in files {
+            file.sync_data()?;
+        }
+        let mut active = self.lock();
+        active
+            .chunks
+            .retain(|c| !chunks.iter().any(|w| Arc::ptr_eq(c, w)));
+        drop(active);
+        // Readers copy out under the lock and keep no chunk, so these are the last references.
+        let spare: Vec<BlockBuf> = chunks
+            .into_iter()
+            .filter_map(|c| Arc::into_inner(c).map(|c| c.buf))
+            .collect();
+        let mut active = self.lock();
+        for buf in spare {
+            if active.spare.len() < 4 {
+                active.spare.push(buf);
             }
         }
         Ok(mark)
@@ -543,6 +623,7 @@ impl Segments {
 
     /// Unlinks the segments `ids`. Readers holding one of them open finish their read.
     pub(crate) fn unlink(&self, ids: &[u64]) -> Result<(), StorageError> {
+        self.lock().chunks.retain(|c| !ids.contains(&c.segment));
         for id in ids {
             self.files
                 .write()
@@ -582,7 +663,7 @@ mod tests {
     fn appends_read_back_and_a_changed_byte_is_caught() {
         let dir = tempfile::tempdir().expect("temp dir");
         let segs = Segments::open(dir.path(), 1 << 20).expect("open");
-        let (a, b) = (data(1, 1000), data(2, 3000));
+        let (a, b) = (data(1, 1000), data(2, 9000));
         let (ptrs, guard) = segs
             .append(GroupId(1), &[(5, &a), (6, &b)])
             .expect("append");
@@ -590,6 +671,8 @@ mod tests {
         assert_eq!(segs.read(&ptrs[0]).expect("read"), a);
         assert_eq!(segs.read(&ptrs[1]).expect("read"), b);
         assert_eq!(ptrs[1].offset, 1000);
+        segs.sync().expect("sync");
+        assert_eq!(segs.read(&ptrs[1]).expect("read from the file"), b);
 
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -622,6 +705,15 @@ mod tests {
                 .expect("append");
             assert_eq!(segs.read(&p[0]).expect("read just after"), d);
             written.push((p[0], d));
+            if i % 7 == 3 {
+                // Written to the file, the last block to be written again with what follows.
+                segs.sync().expect("sync");
+            }
+            if i % 5 == 0 {
+                for (p, d) in &written {
+                    assert_eq!(&segs.read(p).expect("read"), d, "before {i} was written");
+                }
+            }
         }
         for (p, d) in &written {
             assert_eq!(&segs.read(p).expect("read"), d);
@@ -646,6 +738,7 @@ mod tests {
         assert!(mark.covers(&p1[0]) && mark.covers(&p2[0]));
         let (p3, _) = segs.append(GroupId(1), &[(3, &d)]).expect("append");
         assert!(!mark.covers(&p3[0]));
+        assert!(segs.sync().expect("sync").covers(&p3[0]));
         drop(segs);
         // Reopened: the old segments are readable, new appends go to a new one.
         let segs = Segments::open(dir.path(), 10_000).expect("reopen");
@@ -688,6 +781,7 @@ mod tests {
         let pin = segs.pin();
         assert!(segs.pinned());
         drop(pin);
+        segs.sync().expect("sync");
         segs.unlink(&garbage).expect("unlink");
         assert!(matches!(
             segs.read(&Pointer {
