@@ -8,8 +8,17 @@
 //! segment, so one `fdatasync` covers them all; a segment is sealed at [`SEGMENT_BYTES`] and a new
 //! one started.
 //!
-//! **Durability.** The log writer's sync first syncs every segment written since its previous
-//! sync, then records how far that covered (a [`SyncMark`]) in the WAL and syncs the WAL. An
+//! **Writing.** An append copies its data into the active segment's tail, a reused
+//! block-aligned buffer, and is readable from there at once. The log writer's syncer writes
+//! what was appended (the tail's new bytes, handed over as a chunk; the tail keeps its last,
+//! partly filled block, written again by the next sync with what follows it) with O_DIRECT, so
+//! no page-cache page is filled (on the virtual machines this runs on, the first touch of each
+//! new page-cache page cost a third of the machine at 50 MB/s per node). Readers find bytes not
+//! yet written in the tail or a chunk, and the rest in the file.
+//!
+//! **Durability.** The log writer's sync first writes and syncs every segment appended to since
+//! its previous sync, then records how far that covered (a [`SyncMark`]) in the WAL and syncs the
+//! WAL. An
 //! append is acknowledged only after both, so an acknowledged entry's pointer and data are on
 //! disk. A pointer can reach the disk before its data (the kernel writes the WAL's pages back
 //! whenever it likes), but only for entries never acknowledged: on open, entries past the mark
@@ -19,9 +28,9 @@
 //! entry's index (appends always go to the newest segment; a truncation deletes the later
 //! entries before they are written again). So the segment of a group's first pointer bounds all
 //! of its pointers from below, and a sealed segment older than every group's first pointer is
-//! garbage. [`Segments::group_first`] tracks that bound for each group, lowered by appends and
-//! raised only by [`Segments::finish_rescan`] after entries were deleted. Entries installed from
-//! a snapshot are kept inline in RocksDB, so they never point into a segment.
+//! garbage. Each group's `first` in the segments' state tracks that bound, lowered by appends
+//! and raised only by [`Segments::finish_rescan`] after entries were deleted. Entries installed
+//! from a snapshot are kept inline in RocksDB, so they never point into a segment.
 //!
 //! A segment is unlinked only after a sync made the deletions that freed it durable, so no
 //! pointer that a crash could bring back refers to a missing file; and never while a snapshot is
@@ -315,11 +324,8 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}{SUFFIX}"))
 }
 
-/// Creates segment `id`; returns it opened for writing and opened for reading.
-///
-/// Writes bypass the page cache (O_DIRECT): on the virtual machines this runs on, copying a
-/// node's 50 MB/s into new page-cache pages cost a third of the machine, mostly the first
-/// touch of each page. Reads go through the page cache as usual.
+/// Creates segment `id`; returns it opened for writing (with O_DIRECT where the file system
+/// has it) and opened for reading (through the page cache).
 fn create_segment(dir: &Path, id: u64) -> io::Result<(File, File)> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = segment_path(dir, id);
