@@ -238,7 +238,9 @@ impl ChunkSender {
             };
             let whole;
             let v: &[u8] = match log {
+                // Values kept whole travel as they are stored.
                 None => &v,
+                Some(_) if v.first() == Some(&ENTRY_INLINE) => &v,
                 Some(store) => match store.load_entry(&v) {
                     Ok(Some(entry)) => {
                         whole = encode_inline(&entry);
