@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use riptide_client::{Client, ClientConfig, ShardId};
+use riptide_powerloss::{CutReport, PowerLossError, PowerLossMount};
 
 use crate::net::{Net, NetError};
 
@@ -36,6 +37,14 @@ pub enum ClusterError {
     /// The cluster did not reach a state in time.
     #[error("{0}")]
     Timeout(String),
+    /// A node's power-loss file system could not be mounted or cut.
+    #[error("node {node}: {source}")]
+    Disk {
+        /// The node.
+        node: u64,
+        /// Why.
+        source: PowerLossError,
+    },
     /// A call to the cluster failed where the harness needs it to succeed.
     #[error("{what}: {source}")]
     Client {
@@ -108,17 +117,22 @@ pub struct Cluster {
     proxy_bin: Option<PathBuf>,
     data: PathBuf,
     nodes: Vec<NodeProcess>,
+    /// Each node's data directory as a power-loss file system, when the drill cuts power.
+    disks: Vec<PowerLossMount>,
 }
 
 impl Cluster {
     /// Builds the network and starts every node with the binary `bin`, keeping data and logs
     /// under `data`. With `topology.region_rtt_ms`, `proxy_bin` (a `riptide-chaos` binary) runs
-    /// the delaying proxy in front of each node.
+    /// the delaying proxy in front of each node. With `power_loss_disks`, each node's data
+    /// directory is a power-loss file system ([`riptide_powerloss`]) kept in `data/disk-<id>`,
+    /// so that [`Cluster::power_cut`] can drop what the node never synced.
     pub fn start(
         topology: Topology,
         bin: &Path,
         proxy_bin: Option<&Path>,
         data: &Path,
+        power_loss_disks: bool,
     ) -> Result<Cluster, ClusterError> {
         if topology.region_rtt_ms > 0 && proxy_bin.is_none() {
             return Err(ClusterError::Timeout(
@@ -126,7 +140,19 @@ impl Cluster {
             ));
         }
         let net = Net::create(topology.nodes())?;
+        let mut disks = Vec::new();
+        if power_loss_disks {
+            for id in 1..=topology.nodes() as u64 {
+                let disk = PowerLossMount::mount(
+                    &data.join(format!("disk-{id}")),
+                    &data.join(format!("node-{id}")),
+                )
+                .map_err(|source| ClusterError::Disk { node: id, source })?;
+                disks.push(disk);
+            }
+        }
         let mut cluster = Cluster {
+            disks,
             net,
             bin: bin.to_path_buf(),
             proxy_bin: proxy_bin.map(Path::to_path_buf),
@@ -326,6 +352,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Cuts the power of nodes `ids`: each is killed (kill -9) and then loses every write its
+    /// data directory never synced, as after a power cut. Returns what each cut dropped. The
+    /// nodes stay down until [`Cluster::restart`]. Needs a cluster started with power-loss disks.
+    pub fn power_cut(&mut self, ids: &[u64]) -> Result<Vec<(u64, CutReport)>, ClusterError> {
+        if self.disks.is_empty() {
+            return Err(ClusterError::Timeout(
+                "a power cut needs a cluster started with power-loss disks".into(),
+            ));
+        }
+        // Every node is down before any disk loses its unsynced writes, as when the power of
+        // a whole room goes at once.
+        for &id in ids {
+            self.kill(id)?;
+        }
+        let mut reports = Vec::new();
+        for &id in ids {
+            let report = self.disks[id as usize - 1]
+                .cut()
+                .map_err(|source| ClusterError::Disk { node: id, source })?;
+            reports.push((id, report));
+        }
+        Ok(reports)
+    }
+
     /// SIGTERM, then waits up to `deadline` for a clean exit (kill -9 after that).
     pub fn stop(&mut self, id: u64, deadline: Duration) -> Result<bool, ClusterError> {
         if self.nodes[id as usize - 1].paused {
@@ -422,10 +472,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Kills every node and removes the network.
+    /// Kills every node, unmounts their power-loss disks and removes the network.
     pub fn shutdown(&mut self) {
         for id in self.ids() {
             let _ = self.kill(id);
+        }
+        for disk in self.disks.drain(..) {
+            let _ = disk.unmount();
         }
         self.net.destroy();
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng as _;
 use rand::seq::IndexedRandom;
 use riptide_client::{Client, ErrorCode, ShardId};
 use serde::Serialize;
@@ -58,11 +59,17 @@ pub enum Scenario {
     /// kill -9 a shard's leader and keep it down until the controller has rebuilt its
     /// replicas on the other nodes (at least two nodes per region; nodes repair after 5 s).
     NodeLoss,
+    /// Every node loses power at once, `cuts` times at random moments: each is killed and its
+    /// data directory (a power-loss file system) loses every write it never synced; then all
+    /// start again.
+    PowerLoss,
+    /// One node at a time, picked at random, loses power the same way, `cuts` times.
+    PowerLossNode,
 }
 
 impl Scenario {
     /// Every scenario, in the order a full drill runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::LeaderKill,
         Scenario::Isolate,
         Scenario::OneWayCut,
@@ -71,6 +78,8 @@ impl Scenario {
         Scenario::Pause,
         Scenario::TransferStorm,
         Scenario::NodeLoss,
+        Scenario::PowerLoss,
+        Scenario::PowerLossNode,
     ];
 
     /// The scenario's name on the command line and in reports.
@@ -84,7 +93,14 @@ impl Scenario {
             Scenario::Pause => "pause",
             Scenario::TransferStorm => "transfer-storm",
             Scenario::NodeLoss => "node-loss",
+            Scenario::PowerLoss => "power-loss",
+            Scenario::PowerLossNode => "power-loss-node",
         }
+    }
+
+    /// Whether the nodes' data directories must be power-loss file systems.
+    pub fn cuts_power(self) -> bool {
+        matches!(self, Scenario::PowerLoss | Scenario::PowerLossNode)
     }
 
     /// The scenario called `name`.
@@ -111,6 +127,8 @@ pub struct DrillOptions {
     pub workload: WorkloadConfig,
     /// How many leaders the leader-kill scenario kills, one after another.
     pub kills: usize,
+    /// How many power cuts the power-loss scenarios make.
+    pub cuts: usize,
     /// How long each fault lasts.
     pub hold: Duration,
     /// Writing before the first fault, and between faults.
@@ -156,6 +174,11 @@ fn say(recorder: &Recorder, scenario: Scenario, what: impl AsRef<str>) {
 pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResult, DrillError> {
     let started = Instant::now();
     let dir = opts.out.join(scenario.name());
+    // Power-loss disks of an earlier drill whose process died are still mounted there.
+    riptide_powerloss::unmount_stale(&dir).map_err(|source| DrillError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| DrillError::Io {
             path: dir.clone(),
@@ -183,7 +206,13 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
             topology.region_rtt_ms
         ),
     );
-    let mut cluster = Cluster::start(topology.clone(), &opts.bin, opts.proxy_bin.as_deref(), &dir)?;
+    let mut cluster = Cluster::start(
+        topology.clone(),
+        &opts.bin,
+        opts.proxy_bin.as_deref(),
+        &dir,
+        scenario.cuts_power(),
+    )?;
     cluster.wait_listening(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
     let shards = create_stream(&client, opts.shards, topology.nodes()).await?;
@@ -491,6 +520,53 @@ async fn inject(
                 &format!("node {leader} (leader of {shard})"),
                 t0,
             );
+        }
+        Scenario::PowerLoss | Scenario::PowerLossNode => {
+            for i in 0..opts.cuts {
+                // Anywhere from just after the nodes came back (while they recover and elect
+                // leaders) to well into steady writing.
+                let (gap, down, pick) = {
+                    let mut rng = rand::rng();
+                    let gap = hold.mul_f64(rng.random_range(0.05..2.0));
+                    let down = Duration::from_millis(rng.random_range(100..1000));
+                    let ids = cluster.ids();
+                    let pick = *ids.choose(&mut rng).unwrap_or(&1);
+                    (gap, down, pick)
+                };
+                tokio::time::sleep(gap).await;
+                let ids = if scenario == Scenario::PowerLoss {
+                    cluster.ids()
+                } else {
+                    vec![pick]
+                };
+                let t0 = recorder.now_ms();
+                let reports = cluster.power_cut(&ids)?;
+                let dropped: u64 = reports.iter().map(|(_, r)| r.bytes_dropped).sum();
+                let files: usize = reports.iter().map(|(_, r)| r.files_reverted).sum();
+                let changes: usize = reports.iter().map(|(_, r)| r.changes_undone).sum();
+                let target = if scenario == Scenario::PowerLoss {
+                    "every node".to_string()
+                } else {
+                    format!("node {pick}")
+                };
+                say(
+                    recorder,
+                    scenario,
+                    format!(
+                        "cut {}/{}: {target} lost power {:.1} s after the last restart; {dropped} unsynced bytes in {files} files and {changes} directory changes dropped",
+                        i + 1,
+                        opts.cuts,
+                        gap.as_secs_f64()
+                    ),
+                );
+                tokio::time::sleep(down).await;
+                for &id in &ids {
+                    cluster.restart(id)?;
+                }
+                recorder.fault(scenario.name(), &target, t0);
+            }
+            // The last restart has its turn at writing before the final read.
+            tokio::time::sleep(hold).await;
         }
         Scenario::TransferStorm => {
             let t0 = recorder.now_ms();

@@ -31,7 +31,10 @@ enum Command {
     /// Run failover drills, each on a fresh cluster.
     ///
     /// Scenarios: leader-kill, isolate, one-way-cut, region-loss, rolling-restart, pause,
-    /// transfer-storm. With none named, all run. --smoke runs a short set (under two minutes).
+    /// transfer-storm, node-loss, power-loss (every node at once) and power-loss-node (one at
+    /// a time). With none named, all run. --smoke runs a short set (under two minutes). The
+    /// power-loss scenarios put each node's data directory on a FUSE file system that drops
+    /// every write not yet fsynced at each cut (needs /dev/fuse and fusermount3, from fuse3).
     Drill(DrillArgs),
     /// Check a recorded history (history.jsonl of a drill) and print the verdict.
     Check {
@@ -89,9 +92,19 @@ struct DrillArgs {
     /// Puts per second per producer.
     #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// Records per put: 1 sends PutRecord, more send PutRecords (at most 500).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Bytes per record: its id, padded to this size (at most 1 MiB; 0: the id alone).
+    #[arg(long, default_value_t = 0)]
+    record_bytes: usize,
     /// How many leaders the leader-kill scenario kills.
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// How many power cuts the power-loss scenarios make; the time between two is random,
+    /// from a twentieth of --hold-secs to twice it.
+    #[arg(long, default_value_t = 10)]
+    cuts: usize,
     /// How long each fault lasts, in seconds.
     #[arg(long, default_value_t = 10.0)]
     hold_secs: f64,
@@ -141,6 +154,7 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
         bail!("--region-rtt-ms {}: at most 10000", args.region_rtt_ms);
     }
     let (mut kills, mut hold, mut settle) = (args.kills, args.hold_secs, args.settle_secs);
+    let mut cuts = args.cuts;
     if args.smoke {
         if scenarios.is_empty() {
             scenarios = vec![
@@ -151,6 +165,7 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
             ];
         }
         kills = kills.min(3);
+        cuts = cuts.min(3);
         hold = hold.min(4.0);
         settle = settle.min(2.0);
     }
@@ -169,6 +184,18 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
     }
     if args.shards == 0 || args.producers == 0 || args.rate == 0 {
         bail!("--shards, --producers and --rate must be at least 1");
+    }
+    if args.batch == 0 || args.batch > 500 {
+        bail!(
+            "--batch {}: between 1 and 500 (a PutRecords call's limit)",
+            args.batch
+        );
+    }
+    if args.record_bytes > 1 << 20 {
+        bail!(
+            "--record-bytes {}: at most 1048576 (1 MiB, a record's limit)",
+            args.record_bytes
+        );
     }
     let in_range = |secs: f64| secs > 0.0 && secs <= 600.0;
     if !in_range(hold) || !in_range(settle) {
@@ -192,9 +219,12 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
         workload: WorkloadConfig {
             producers: args.producers,
             rate_per_producer: args.rate,
+            batch: args.batch,
+            record_bytes: args.record_bytes,
             ..WorkloadConfig::default()
         },
         kills,
+        cuts,
         hold: Duration::from_secs_f64(hold),
         settle: Duration::from_secs_f64(settle),
     };
@@ -246,6 +276,21 @@ fn proxy(
     Ok(true)
 }
 
+/// Waits for Ctrl-C or SIGTERM; returns which.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -255,7 +300,18 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|rt| rt.block_on(drill(args))),
+            .and_then(|rt| {
+                rt.block_on(async {
+                    // Dropping the drill on Ctrl-C or SIGTERM drops its cluster, which stops
+                    // the nodes, unmounts their disks and removes the network.
+                    tokio::select! {
+                        r = drill(args) => r,
+                        signal = interrupted() => Err(anyhow::anyhow!(
+                            "{signal}: drill stopped; nodes killed, disks unmounted, network removed"
+                        )),
+                    }
+                })
+            }),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -6,7 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use riptide_client::{Client, ClientError, ErrorCode, SequenceNumber, ShardId, StartingPosition};
+use riptide_client::v1::PutRecordsEntry;
+use riptide_client::{
+    Client, ClientError, ErrorCode, PutResult, SequenceNumber, ShardId, StartingPosition,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -68,6 +71,11 @@ pub struct WorkloadConfig {
     pub keys_per_producer: usize,
     /// How long one put may take before the producer counts it as unknown and goes on.
     pub put_timeout: Duration,
+    /// Records per put: 1 sends PutRecord, more send PutRecords with that many records (each
+    /// with its own id and outcome).
+    pub batch: usize,
+    /// Bytes of each record: its id, then a space and padding up to this size.
+    pub record_bytes: usize,
 }
 
 impl Default for WorkloadConfig {
@@ -77,6 +85,8 @@ impl Default for WorkloadConfig {
             rate_per_producer: 50,
             keys_per_producer: 8,
             put_timeout: Duration::from_secs(15),
+            batch: 1,
+            record_bytes: 0,
         }
     }
 }
@@ -154,6 +164,22 @@ fn keys_of_shard(producer: usize, shard: usize, shards: usize, n: usize) -> Vec<
         .collect()
 }
 
+/// The bytes of the record with id `id`: the id, then a space and padding up to `size`.
+fn record_data(id: &str, size: usize) -> Vec<u8> {
+    let mut data = id.as_bytes().to_vec();
+    if size > data.len() {
+        data.push(b' ');
+        data.resize(size, b'.');
+    }
+    data
+}
+
+/// The id of a record read back ([`record_data`]).
+fn record_id(data: &[u8]) -> String {
+    let end = data.iter().position(|&b| b == b' ').unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
 async fn produce(
     client: Client,
     stream: String,
@@ -164,63 +190,57 @@ async fn produce(
     mut stopped: watch::Receiver<bool>,
 ) {
     let interval = Duration::from_secs_f64(1.0 / f64::from(config.rate_per_producer.max(1)));
+    let batch = config.batch.max(1) as u64;
     let mut next = Instant::now();
-    for n in 0u64.. {
+    for round in 0u64.. {
         if *stopped.borrow() {
             return;
         }
-        let id = format!("p{producer}-{n}");
-        let partition_key = keys[(n % keys.len() as u64) as usize].clone();
+        let records: Vec<(String, String)> = (round * batch..(round + 1) * batch)
+            .map(|n| {
+                (
+                    format!("p{producer}-{n}"),
+                    keys[(n % keys.len() as u64) as usize].clone(),
+                )
+            })
+            .collect();
         let invoked_ms = recorder.now_ms();
-        let put = client.put_record(&stream, &partition_key, id.clone().into_bytes());
-        let result = tokio::time::timeout(config.put_timeout, put).await;
-        let completed_ms = recorder.now_ms();
-        let event = |attempt, outcome| Event::Put {
-            id: id.clone(),
-            partition_key: partition_key.clone(),
-            attempt,
-            invoked_ms,
-            completed_ms,
-            outcome,
-        };
-        match result {
-            Ok(Ok(put)) => {
-                // The client sent it more than once: the earlier sends' answers were lost, so
-                // they may have been written too.
-                for attempt in 1..put.attempts {
-                    recorder.push(event(
-                        attempt,
-                        PutOutcome::Unknown {
-                            error: "sent again by the client after an unanswered attempt".into(),
-                        },
-                    ));
-                }
-                recorder.push(event(
-                    put.attempts.max(1),
-                    PutOutcome::Ok {
-                        shard: put.shard_id.to_string(),
-                        seq: put.sequence_number.to_string(),
-                    },
-                ));
+        let results: Vec<Result<Result<PutResult, ClientError>, String>> = if batch == 1 {
+            let (id, key) = &records[0];
+            let put = client.put_record(&stream, key, record_data(id, config.record_bytes));
+            vec![match tokio::time::timeout(config.put_timeout, put).await {
+                Ok(r) => Ok(r),
+                Err(_) => Err(format!("no answer within {:?}", config.put_timeout)),
+            }]
+        } else {
+            let entries = records
+                .iter()
+                .map(|(id, key)| PutRecordsEntry {
+                    data: record_data(id, config.record_bytes).into(),
+                    partition_key: key.clone(),
+                    explicit_hash_key: None,
+                })
+                .collect();
+            let put = client.put_records(&stream, entries);
+            match tokio::time::timeout(config.put_timeout, put).await {
+                Ok(Ok(each)) => each.into_iter().map(Ok).collect(),
+                Ok(Err(e)) => records.iter().map(|_| Ok(Err(e.clone()))).collect(),
+                Err(_) => records
+                    .iter()
+                    .map(|_| Err(format!("no answer within {:?}", config.put_timeout)))
+                    .collect(),
             }
-            Ok(Err(e)) if may_have_been_written(&e) => recorder.push(event(
-                1,
-                PutOutcome::Unknown {
-                    error: e.to_string(),
-                },
-            )),
-            Ok(Err(e)) => recorder.push(event(
-                1,
-                PutOutcome::Failed {
-                    error: e.to_string(),
-                },
-            )),
-            Err(_) => recorder.push(event(
-                1,
-                PutOutcome::Unknown {
-                    error: format!("no answer within {:?}", config.put_timeout),
-                },
-            )),
+        };
+        let completed_ms = recorder.now_ms();
+        for ((id, partition_key), result) in records.iter().zip(results) {
+            record_put(
+                &recorder,
+                id,
+                partition_key,
+                invoked_ms,
+                completed_ms,
+                result,
+            );
         }
         next += interval;
         let now = Instant::now();
@@ -231,6 +251,59 @@ async fn produce(
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = stopped.changed() => {}
         }
+    }
+}
+
+/// Records the outcome of one record's put (`Err`: no answer in time).
+fn record_put(
+    recorder: &Recorder,
+    id: &str,
+    partition_key: &str,
+    invoked_ms: u64,
+    completed_ms: u64,
+    result: Result<Result<PutResult, ClientError>, String>,
+) {
+    let event = |attempt, outcome| Event::Put {
+        id: id.to_string(),
+        partition_key: partition_key.to_string(),
+        attempt,
+        invoked_ms,
+        completed_ms,
+        outcome,
+    };
+    match result {
+        Ok(Ok(put)) => {
+            // The client sent it more than once: the earlier sends' answers were lost, so
+            // they may have been written too.
+            for attempt in 1..put.attempts {
+                recorder.push(event(
+                    attempt,
+                    PutOutcome::Unknown {
+                        error: "sent again by the client after an unanswered attempt".into(),
+                    },
+                ));
+            }
+            recorder.push(event(
+                put.attempts.max(1),
+                PutOutcome::Ok {
+                    shard: put.shard_id.to_string(),
+                    seq: put.sequence_number.to_string(),
+                },
+            ));
+        }
+        Ok(Err(e)) if may_have_been_written(&e) => recorder.push(event(
+            1,
+            PutOutcome::Unknown {
+                error: e.to_string(),
+            },
+        )),
+        Ok(Err(e)) => recorder.push(event(
+            1,
+            PutOutcome::Failed {
+                error: e.to_string(),
+            },
+        )),
+        Err(error) => recorder.push(event(1, PutOutcome::Unknown { error })),
     }
 }
 
@@ -252,7 +325,7 @@ async fn read_page(
             reader: reader.to_string(),
             shard: shard.to_string(),
             seq: record.sequence_number.clone(),
-            id: String::from_utf8_lossy(&record.data).into_owned(),
+            id: record_id(&record.data),
             read_ms,
         });
         last = Some(record.sequence_number);

@@ -55,6 +55,7 @@ async fn smoke_drill_loses_nothing() {
             ..WorkloadConfig::default()
         },
         kills: 3,
+        cuts: 3,
         hold: Duration::from_secs(4),
         settle: Duration::from_secs(2),
     };

@@ -1,0 +1,998 @@
+//! The file system: every operation passes through to a directory underneath, and what a cut
+//! would take back is remembered ([`crate::undo`]) until an fsync or a directory sync makes it
+//! last.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::undo::{Change, FileUndo, Ino, Journal};
+
+/// Nothing is cached by the kernel: after a cut, every name and size is asked again.
+const TTL: Duration = Duration::ZERO;
+const ROOT: Ino = 1;
+
+/// What a cut took back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutReport {
+    /// Files whose content went back to their last sync.
+    pub files_reverted: usize,
+    /// Bytes written since those syncs that are gone: file tails cut off and synced bytes
+    /// written back over.
+    pub bytes_dropped: u64,
+    /// Directory changes (creations, removals, renames) that no directory sync covered.
+    pub changes_undone: usize,
+}
+
+/// Counters since the file system was mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Writes taken.
+    pub writes: u64,
+    /// File syncs (fsync and fdatasync).
+    pub file_syncs: u64,
+    /// Directory syncs.
+    pub dir_syncs: u64,
+    /// Cuts.
+    pub cuts: u64,
+}
+
+/// Where a node is in the directory underneath.
+#[derive(Debug, Clone)]
+enum Place {
+    Root,
+    /// An entry of a directory node.
+    In(Ino, OsString),
+    /// Removed, kept here until the removal lasts or a cut brings it back.
+    Grave(PathBuf),
+}
+
+#[derive(Debug)]
+struct Node {
+    kind: FileType,
+    place: Place,
+}
+
+#[derive(Debug)]
+struct Handle {
+    ino: Ino,
+    file: Arc<File>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    tree: PathBuf,
+    graves: PathBuf,
+    nodes: HashMap<Ino, Node>,
+    names: HashMap<(Ino, OsString), Ino>,
+    next_ino: Ino,
+    next_grave: u64,
+    /// Files changed since their last sync.
+    files: HashMap<Ino, FileUndo>,
+    journal: Journal,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    stats: Stats,
+}
+
+/// The state every request and the owner of the mount share.
+#[derive(Debug)]
+pub(crate) struct Shared(Mutex<State>);
+
+impl Shared {
+    /// A file system over `tree`, keeping removed files in `graves` (on the same file system).
+    pub(crate) fn new(tree: PathBuf, graves: PathBuf) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                kind: FileType::Directory,
+                place: Place::Root,
+            },
+        );
+        Shared(Mutex::new(State {
+            tree,
+            graves,
+            nodes,
+            names: HashMap::new(),
+            next_ino: ROOT + 1,
+            next_grave: 0,
+            files: HashMap::new(),
+            journal: Journal::default(),
+            handles: HashMap::new(),
+            next_fh: 1,
+            stats: Stats::default(),
+        }))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn kind_of(t: std::fs::FileType) -> FileType {
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn time(secs: i64, nanos: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos as u32)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn attr(ino: Ino, m: &std::fs::Metadata) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        crtime: UNIX_EPOCH,
+        kind: kind_of(m.file_type()),
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from(e)
+}
+
+impl State {
+    fn path(&self, ino: Ino) -> Option<PathBuf> {
+        match &self.nodes.get(&ino)?.place {
+            Place::Root => Some(self.tree.clone()),
+            Place::In(parent, name) => Some(self.path(*parent)?.join(name)),
+            Place::Grave(p) => Some(p.clone()),
+        }
+    }
+
+    fn dir_path(&self, ino: Ino) -> Result<PathBuf, Errno> {
+        self.path(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// The node of `name` in `parent`, added when the directory underneath has it.
+    fn child(&mut self, parent: Ino, name: &OsStr) -> Result<(Ino, std::fs::Metadata), Errno> {
+        let path = self.dir_path(parent)?.join(name);
+        let meta = std::fs::symlink_metadata(&path).map_err(errno)?;
+        let key = (parent, name.to_os_string());
+        if let Some(&ino) = self.names.get(&key)
+            && self.nodes.contains_key(&ino)
+        {
+            return Ok((ino, meta));
+        }
+        let ino = self.add(parent, name, kind_of(meta.file_type()));
+        Ok((ino, meta))
+    }
+
+    fn add(&mut self, parent: Ino, name: &OsStr, kind: FileType) -> Ino {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                kind,
+                place: Place::In(parent, name.to_os_string()),
+            },
+        );
+        self.names.insert((parent, name.to_os_string()), ino);
+        ino
+    }
+
+    fn grave(&mut self) -> PathBuf {
+        self.next_grave += 1;
+        self.graves.join(self.next_grave.to_string())
+    }
+
+    /// Saves the synced bytes of `[from, to)` that are not saved yet, before they change; the
+    /// first change since a sync also records the file's synced length.
+    fn preserve(&mut self, ino: Ino, file: &File, from: u64, to: u64) -> io::Result<()> {
+        let undo = match self.files.get_mut(&ino) {
+            Some(u) => u,
+            None => {
+                let len = file.metadata()?.len();
+                self.files.entry(ino).or_insert(FileUndo::new(len))
+            }
+        };
+        for (a, b) in undo.unsaved(from, to) {
+            let mut buf = vec![0u8; (b - a) as usize];
+            file.read_exact_at(&mut buf, a)?;
+            undo.save(a, buf);
+        }
+        Ok(())
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<(Ino, Arc<File>), Errno> {
+        self.handles
+            .get(&fh.0)
+            .map(|h| (h.ino, h.file.clone()))
+            .ok_or(Errno::EBADF)
+    }
+
+    fn open_handle(&mut self, ino: Ino, file: File) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                file: Arc::new(file),
+            },
+        );
+        fh
+    }
+
+    /// Removes `ino` and everything below it from the table.
+    fn forget_subtree(&mut self, ino: Ino) {
+        let under: Vec<Ino> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|&n| self.is_under(n, ino))
+            .collect();
+        for n in under {
+            if let Some(Node {
+                place: Place::In(p, name),
+                ..
+            }) = self.nodes.remove(&n)
+                && self.names.get(&(p, name.clone())) == Some(&n)
+            {
+                self.names.remove(&(p, name));
+            }
+            self.files.remove(&n);
+        }
+    }
+
+    fn is_under(&self, mut n: Ino, top: Ino) -> bool {
+        loop {
+            if n == top {
+                return true;
+            }
+            match self.nodes.get(&n).map(|x| &x.place) {
+                Some(Place::In(p, _)) => n = *p,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Puts node `ino` at `name` in `parent` (where the directory underneath now has it).
+    fn place(&mut self, ino: Ino, parent: Ino, name: OsString) {
+        match self.nodes.get_mut(&ino) {
+            Some(node) => node.place = Place::In(parent, name.clone()),
+            None => {
+                let kind = self
+                    .path(parent)
+                    .and_then(|p| std::fs::symlink_metadata(p.join(&name)).ok())
+                    .map_or(FileType::RegularFile, |m| kind_of(m.file_type()));
+                self.nodes.insert(
+                    ino,
+                    Node {
+                        kind,
+                        place: Place::In(parent, name.clone()),
+                    },
+                );
+            }
+        }
+        self.names.insert((parent, name), ino);
+    }
+
+    /// Puts back what a directory change did; errors name the change.
+    fn undo(&mut self, change: Change) -> io::Result<()> {
+        match change {
+            Change::Created { at, ino } => {
+                let path = self.dir_path(at.0).map_err(io_of)?.join(&at.1);
+                let is_dir = self
+                    .nodes
+                    .get(&ino)
+                    .is_some_and(|n| n.kind == FileType::Directory);
+                let gone = if is_dir {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                ignore_missing(gone)?;
+                self.forget_subtree(ino);
+                self.names.remove(&at);
+            }
+            Change::Removed { at, ino, grave } => {
+                let path = self.dir_path(at.0).map_err(io_of)?.join(&at.1);
+                std::fs::rename(&grave, &path)?;
+                self.place(ino, at.0, at.1);
+            }
+            Change::Renamed {
+                from,
+                to,
+                ino,
+                replaced,
+            } => {
+                let to_path = self.dir_path(to.0).map_err(io_of)?.join(&to.1);
+                let from_path = self.dir_path(from.0).map_err(io_of)?.join(&from.1);
+                std::fs::rename(&to_path, &from_path)?;
+                self.names.remove(&to);
+                self.place(ino, from.0, from.1);
+                if let Some((old, grave)) = replaced {
+                    std::fs::rename(&grave, &to_path)?;
+                    self.place(old, to.0, to.1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every write and directory change no sync covered.
+    pub(crate) fn cut(&mut self) -> Result<CutReport, io::Error> {
+        let mut report = CutReport::default();
+        let files = std::mem::take(&mut self.files);
+        for (ino, undo) in files {
+            let Some(path) = self.path(ino) else { continue };
+            let file = match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                // Its removal lasted: nothing to put back.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(with_path(e, &path)),
+            };
+            let len = file.metadata().map_err(|e| with_path(e, &path))?.len();
+            file.set_len(undo.synced_len)
+                .map_err(|e| with_path(e, &path))?;
+            for (offset, bytes) in undo.saved() {
+                file.write_all_at(bytes, offset)
+                    .map_err(|e| with_path(e, &path))?;
+            }
+            report.files_reverted += 1;
+            report.bytes_dropped += len.saturating_sub(undo.synced_len) + undo.saved_bytes();
+        }
+        for change in self.journal.take_for_undo() {
+            let what = format!("{change:?}");
+            self.undo(change)
+                .map_err(|e| io::Error::new(e.kind(), format!("undoing {what}: {e}")))?;
+            report.changes_undone += 1;
+        }
+        self.stats.cuts += 1;
+        Ok(report)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// Makes `dir`'s changes last; removed files whose removal lasts are deleted for good.
+    fn dir_synced(&mut self, dir: Ino) -> io::Result<()> {
+        for change in self.journal.synced(dir) {
+            let gone = match change {
+                Change::Removed { ino, grave, .. } => Some((ino, grave)),
+                Change::Renamed { replaced, .. } => replaced,
+                Change::Created { .. } => None,
+            };
+            if let Some((ino, grave)) = gone {
+                let dir = self
+                    .nodes
+                    .get(&ino)
+                    .is_some_and(|n| n.kind == FileType::Directory);
+                if dir {
+                    ignore_missing(std::fs::remove_dir_all(&grave))?;
+                } else {
+                    ignore_missing(std::fs::remove_file(&grave))?;
+                }
+                if matches!(
+                    self.nodes.get(&ino).map(|n| &n.place),
+                    Some(Place::Grave(_))
+                ) {
+                    self.nodes.remove(&ino);
+                }
+                self.files.remove(&ino);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_size(&mut self, ino: Ino, file: &File, size: u64) -> io::Result<()> {
+        let len = file.metadata()?.len();
+        self.preserve(ino, file, size, len)?;
+        file.set_len(size)
+    }
+}
+
+fn io_of(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.code())
+}
+
+fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The FUSE side: requests from the kernel.
+#[derive(Debug)]
+pub(crate) struct PowerLossFs(pub(crate) Arc<Shared>);
+
+fn open_options(flags: i32) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        o.write(true);
+    }
+    o
+}
+
+/// Every file is opened for direct I/O: the kernel keeps no page of it, so after a cut nobody
+/// reads bytes the cut took back.
+const OPEN: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
+
+impl Filesystem for PowerLossFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Fewer, larger requests for the nodes' segment and table writes; the kernel may
+        // refuse, then its own limit stays.
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut st = self.0.lock();
+        match st.child(parent.0, name) {
+            Ok((ino, meta)) => reply.entry(&TTL, &attr(ino, &meta), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = self.0.lock();
+        let meta = match fh.and_then(|fh| st.handle(fh).ok()) {
+            Some((_, file)) => file.metadata(),
+            None => match st.path(ino.0) {
+                Some(p) => std::fs::symlink_metadata(p),
+                None => return reply.error(Errno::ENOENT),
+            },
+        };
+        match meta {
+            Ok(m) => reply.attr(&TTL, &attr(ino.0, &m)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut st = self.0.lock();
+        let Some(path) = st.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let result = (|| -> io::Result<std::fs::Metadata> {
+            if let Some(size) = size {
+                let file = match fh.and_then(|fh| st.handle(fh).ok()) {
+                    Some((_, f)) => f,
+                    None => Arc::new(OpenOptions::new().read(true).write(true).open(&path)?),
+                };
+                st.set_size(ino.0, &file, size)?;
+            }
+            if let Some(mode) = mode {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&path, uid, gid)?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                let resolve = |t: TimeOrNow| match t {
+                    TimeOrNow::SpecificTime(t) => t,
+                    TimeOrNow::Now => SystemTime::now(),
+                };
+                let mut times = std::fs::FileTimes::new();
+                if let Some(a) = atime {
+                    times = times.set_accessed(resolve(a));
+                }
+                if let Some(m) = mtime {
+                    times = times.set_modified(resolve(m));
+                }
+                File::options().write(true).open(&path)?.set_times(times)?;
+            }
+            std::fs::symlink_metadata(&path)
+        })();
+        match result {
+            Ok(m) => reply.attr(&TTL, &attr(ino.0, &m)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut st = self.0.lock();
+        let path = match st.dir_path(parent.0) {
+            Ok(p) => p.join(name),
+            Err(e) => return reply.error(e),
+        };
+        let made = std::fs::create_dir(&path).and_then(|()| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !umask))
+        });
+        if let Err(e) = made {
+            return reply.error(errno(e));
+        }
+        let ino = st.add(parent.0, name, FileType::Directory);
+        st.journal.record(Change::Created {
+            at: (parent.0, name.to_os_string()),
+            ino,
+        });
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) => reply.entry(&TTL, &attr(ino, &m), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove(parent.0, name, false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove(parent.0, name, true));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.rename_entry(parent.0, name, newparent.0, newname, flags),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mut st = self.0.lock();
+        let Some(path) = st.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let file = match open_options(flags.0).open(&path) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if flags.0 & libc::O_TRUNC != 0
+            && let Err(e) = st.set_size(ino.0, &file, 0)
+        {
+            return reply.error(errno(e));
+        }
+        let fh = st.open_handle(ino.0, file);
+        reply.opened(FileHandle(fh), OPEN);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut st = self.0.lock();
+        let path = match st.dir_path(parent.0) {
+            Ok(p) => p.join(name),
+            Err(e) => return reply.error(e),
+        };
+        let existed = std::fs::symlink_metadata(&path).is_ok();
+        if existed && flags & libc::O_EXCL != 0 {
+            return reply.error(Errno::EEXIST);
+        }
+        let mut options = open_options(flags);
+        options.write(true).create(true).mode(mode & !umask);
+        let file = match options.open(&path) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let ino = if existed {
+            match st.child(parent.0, name) {
+                Ok((ino, _)) => ino,
+                Err(e) => return reply.error(e),
+            }
+        } else {
+            let ino = st.add(parent.0, name, FileType::RegularFile);
+            st.journal.record(Change::Created {
+                at: (parent.0, name.to_os_string()),
+                ino,
+            });
+            ino
+        };
+        if existed
+            && flags & libc::O_TRUNC != 0
+            && let Err(e) = st.set_size(ino, &file, 0)
+        {
+            return reply.error(errno(e));
+        }
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let fh = st.open_handle(ino, file);
+        reply.created(&TTL, &attr(ino, &meta), Generation(0), FileHandle(fh), OPEN);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.0.lock().handle(fh) {
+            Ok((_, f)) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut st = self.0.lock();
+        let (ino, file) = match st.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let end = offset + data.len() as u64;
+        let written = st
+            .preserve(ino, &file, offset, end)
+            .and_then(|()| file.write_all_at(data, offset));
+        match written {
+            Ok(()) => {
+                st.stats.writes += 1;
+                reply.written(data.len() as u32);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() makes nothing durable.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.lock().handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut st = self.0.lock();
+        // The file's content and length as they are now are what a cut keeps.
+        st.files.remove(&ino.0);
+        st.stats.file_syncs += 1;
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.0.lock().path(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut st = self.0.lock();
+        let path = match st.dir_path(ino.0) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let listing = match std::fs::read_dir(&path) {
+            Ok(it) => it.collect::<Result<Vec<_>, _>>(),
+            Err(e) => Err(e),
+        };
+        let mut listing = match listing {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        listing.sort_by_key(|e| e.file_name());
+        let parent = match st.nodes.get(&ino.0).map(|n| &n.place) {
+            Some(Place::In(p, _)) => *p,
+            _ => ROOT,
+        };
+        let mut entries: Vec<(Ino, FileType, OsString)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (parent, FileType::Directory, "..".into()),
+        ];
+        for e in listing {
+            let name = e.file_name();
+            let kind = match e.file_type() {
+                Ok(t) => kind_of(t),
+                Err(_) => continue,
+            };
+            let child = match st.names.get(&(ino.0, name.clone())) {
+                Some(&c) => c,
+                None => st.add(ino.0, &name, kind),
+            };
+            entries.push((child, kind, name));
+        }
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut st = self.0.lock();
+        st.stats.dir_syncs += 1;
+        reply_empty(reply, st.dir_synced(ino.0).map_err(errno));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let tree = self.0.lock().tree.clone();
+        match nix::sys::statvfs::statvfs(&tree) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if self.0.lock().path(ino.0).is_some() {
+            reply.ok();
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        use nix::fcntl::FallocateFlags;
+        let Some(flags) = FallocateFlags::from_bits(mode) else {
+            return reply.error(Errno::EOPNOTSUPP);
+        };
+        let supported = FallocateFlags::FALLOC_FL_KEEP_SIZE
+            | FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | FallocateFlags::FALLOC_FL_ZERO_RANGE;
+        if !supported.contains(flags) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let mut st = self.0.lock();
+        let (ino, file) = match st.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        // Zeroing or punching changes bytes; plain allocation changes at most the length.
+        let changes = flags.intersects(
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_ZERO_RANGE,
+        );
+        let (from, to) = if changes {
+            (offset, offset + length)
+        } else {
+            (0, 0)
+        };
+        if let Err(e) = st.preserve(ino, &file, from, to) {
+            return reply.error(errno(e));
+        }
+        match nix::fcntl::fallocate(&*file, flags, offset as i64, length as i64) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl PowerLossFs {
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let mut st = self.0.lock();
+        let (ino, meta) = st.child(parent, name)?;
+        if meta.is_dir() != dir {
+            return Err(if dir { Errno::ENOTDIR } else { Errno::EISDIR });
+        }
+        let path = st.dir_path(parent)?.join(name);
+        if dir && std::fs::read_dir(&path).map_err(errno)?.next().is_some() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let grave = st.grave();
+        std::fs::rename(&path, &grave).map_err(errno)?;
+        st.names.remove(&(parent, name.to_os_string()));
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.place = Place::Grave(grave.clone());
+        }
+        st.journal.record(Change::Removed {
+            at: (parent, name.to_os_string()),
+            ino,
+            grave,
+        });
+        Ok(())
+    }
+
+    fn rename_entry(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        if flags.bits() & !libc::RENAME_NOREPLACE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut st = self.0.lock();
+        let (ino, meta) = st.child(parent, name)?;
+        let from = st.dir_path(parent)?.join(name);
+        let to = st.dir_path(newparent)?.join(newname);
+        if from == to {
+            return Ok(());
+        }
+        let replaced = match st.child(newparent, newname) {
+            Ok((old, old_meta)) => {
+                if flags.bits() & libc::RENAME_NOREPLACE != 0 {
+                    return Err(Errno::EEXIST);
+                }
+                if old_meta.is_dir() != meta.is_dir() {
+                    return Err(if meta.is_dir() {
+                        Errno::ENOTDIR
+                    } else {
+                        Errno::EISDIR
+                    });
+                }
+                if old_meta.is_dir() && std::fs::read_dir(&to).map_err(errno)?.next().is_some() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                let grave = st.grave();
+                std::fs::rename(&to, &grave).map_err(errno)?;
+                if let Some(node) = st.nodes.get_mut(&old) {
+                    node.place = Place::Grave(grave.clone());
+                }
+                st.names.remove(&(newparent, newname.to_os_string()));
+                Some((old, grave))
+            }
+            Err(e) if e == Errno::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = std::fs::rename(&from, &to) {
+            // Put the replaced entry back before failing.
+            if let Some((old, grave)) = &replaced {
+                let _ = std::fs::rename(grave, &to);
+                st.place(*old, newparent, newname.to_os_string());
+            }
+            return Err(errno(e));
+        }
+        st.names.remove(&(parent, name.to_os_string()));
+        st.place(ino, newparent, newname.to_os_string());
+        st.journal.record(Change::Renamed {
+            from: (parent, name.to_os_string()),
+            to: (newparent, newname.to_os_string()),
+            ino,
+            replaced,
+        });
+        Ok(())
+    }
+}
