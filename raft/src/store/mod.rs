@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub(crate) mod dirs;
 pub(crate) mod keys;
 pub(crate) mod log_cache;
 pub(crate) mod log_store;
@@ -279,7 +280,7 @@ impl NodeStore {
         record_cache_bytes: usize,
         segment_bytes: u64,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir)?;
+        dirs::create_dir_durable(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);

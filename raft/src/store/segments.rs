@@ -352,7 +352,7 @@ fn create_segment(dir: &Path, id: u64) -> io::Result<(File, File)> {
 impl Segments {
     /// Opens the segments in `dir` (creating it) and starts a new active segment after them.
     pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir)?;
+        super::dirs::create_dir_durable(dir)?;
         let mut files = BTreeMap::new();
         for item in std::fs::read_dir(dir)? {
             let item = item?;
