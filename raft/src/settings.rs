@@ -148,6 +148,12 @@ impl GroupSettings {
             api_channel_size: Some(4096),
             notification_channel_size: Some(4096),
             state_machine_channel_size: Some(256),
+            // A leader that restarts must win an election in a new term before it leads again.
+            // Its followers may hold entries of its term that it lost (it sends entries before
+            // its own sync of them ends, and a power cut takes what that sync had not covered);
+            // leading on in the same term, it would append different entries under the same
+            // log ids, which the followers take for the ones they hold.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|e| RaftError::InvalidSettings {

@@ -323,3 +323,37 @@ async fn add_learner_promote_and_remove_change_the_membership() {
 
     cluster.shutdown().await;
 }
+
+/// A restarted leader leads again only after winning an election, in a new term. A leader sends
+/// its entries to its followers while its own sync of them may still run, so when every node
+/// loses power at once the followers can hold entries the leader lost. Leading again in the
+/// same term without an election, it would write new entries at those entries' indexes with the
+/// same term: two different entries under one log id, which the followers take for the ones
+/// they hold, so an acknowledged entry is not what a later leader serves. In a new term its
+/// shorter log loses the election instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_leads_again_only_after_an_election() {
+    let mut cluster = TestCluster::start(3).await;
+    let g = GroupId(1);
+    cluster.create_groups(&[g], &cluster.ids()).await;
+    let before = cluster.write(g, Bytes::from_static(b"before"), T).await;
+    cluster.wait_applied_everywhere(g, before.index, T).await;
+    let leader = cluster.leader_of(g, T).await;
+    for id in cluster.ids() {
+        cluster.kill(id).await;
+    }
+    // The old leader first, the others right after, as when power comes back.
+    cluster.restart(leader).await;
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        cluster.restart(id).await;
+    }
+    let after = cluster.write(g, Bytes::from_static(b"after"), T).await;
+    assert!(
+        after.term > before.term,
+        "written in term {} after the restart, as before it ({}): node {leader} led again \
+         without an election",
+        after.term,
+        before.term
+    );
+    cluster.shutdown().await;
+}
