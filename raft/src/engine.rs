@@ -165,18 +165,19 @@ impl RaftEngine {
             .unwrap_or(&reg.settings);
         let config = settings.to_openraft(&format!("group-{group}"))?;
         let app = inner.factory.create(group, &reg.kind)?;
+        let log = GroupLogStore::new(
+            inner.store.clone(),
+            group,
+            settings.log_is_data,
+            usize::try_from(settings.log_cache_bytes).unwrap_or(usize::MAX),
+        )?;
         let sm = GroupStateMachine::new(
             inner.store.clone(),
             group,
             app,
             inner.config.transport.snapshot_chunk_bytes,
             settings.log_is_data,
-        )?;
-        let log = GroupLogStore::new(
-            inner.store.clone(),
-            group,
-            settings.log_is_data,
-            usize::try_from(settings.log_cache_bytes).unwrap_or(usize::MAX),
+            log.flushed(),
         )?;
         let network = GroupNetworkFactory::new(inner.pool.clone(), group, inner.config.node_id);
         let raft = Raft::new(inner.config.node_id.0, Arc::new(config), network, log, sm)

@@ -62,6 +62,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, StoreGuard> for 
             Box::new(NoopMachine),
             64 << 10,
             self.log_is_data,
+            log.flushed(),
         )
         .expect("state machine");
         Ok((StoreGuard { store, _dir: dir }, log, sm))

@@ -7,6 +7,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend};
 
+use super::flushed::Flushed;
 use super::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use super::log_cache::LogCache;
 use super::{Family, NodeStore, Op, StoredEntry, encode, encode_in_segment, encode_inline};
@@ -32,6 +33,8 @@ pub(crate) struct GroupLogStore {
     first_unpurged: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The newest entries, as appended: replication reads them from here.
     cache: std::sync::Arc<LogCache>,
+    /// How far the log is synced, for the state machine ([`Flushed`]).
+    flushed: std::sync::Arc<Flushed>,
 }
 
 impl GroupLogStore {
@@ -44,8 +47,13 @@ impl GroupLogStore {
         let purged: Option<LogId> =
             store.get_value(Family::RaftMeta, &keys::meta_key(group, META_PURGED))?;
         let cache = store.inner.log_caches.start(group, cache_bytes);
+        // What the store holds at open is on disk: the segments past the last sync mark were
+        // synced when the store was opened.
+        let last = stored_last_log_id(&store, group)?;
+        let flushed = std::sync::Arc::new(Flushed::new(last.map_or(0, |l| l.index + 1)));
         Ok(Self {
             cache,
+            flushed,
             store,
             group,
             committed_saved: Default::default(),
@@ -91,18 +99,31 @@ impl GroupLogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, io::Error> {
-        let inner = &self.store.inner;
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_iterate_lower_bound(keys::group_prefix(self.group).to_vec());
-        ro.set_iterate_upper_bound(keys::group_end(self.group));
-        let mut it = inner.db.raw_iterator_cf_opt(inner.cf(Family::RaftLog), ro);
-        it.seek_to_last();
-        if let Some(v) = it.value().filter(|_| it.valid()) {
-            return Ok(Some(StoredEntry::decode(v)?.log_id()));
-        }
-        it.status().map_err(io::Error::other)?;
-        Ok(None)
+        Ok(stored_last_log_id(&self.store, self.group)?)
     }
+
+    /// How far the log is synced, shared with the group's state machine.
+    pub(crate) fn flushed(&self) -> std::sync::Arc<Flushed> {
+        self.flushed.clone()
+    }
+}
+
+/// The log id of `group`'s last stored entry.
+fn stored_last_log_id(
+    store: &NodeStore,
+    group: GroupId,
+) -> Result<Option<LogId>, crate::error::StorageError> {
+    let inner = &store.inner;
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_lower_bound(keys::group_prefix(group).to_vec());
+    ro.set_iterate_upper_bound(keys::group_end(group));
+    let mut it = inner.db.raw_iterator_cf_opt(inner.cf(Family::RaftLog), ro);
+    it.seek_to_last();
+    if let Some(v) = it.value().filter(|_| it.valid()) {
+        return Ok(Some(StoredEntry::decode(v)?.log_id()));
+    }
+    it.status()?;
+    Ok(None)
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
@@ -189,7 +210,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             Family::RaftMeta,
             &keys::meta_key(self.group, META_COMMITTED),
         )?;
-        Ok(v.flatten())
+        // The committed id can name an entry this node had not synced yet (openraft commits on
+        // a majority's syncs); if a crash then took the entry's data, the store cut it off the
+        // log at open. Never name more than the log holds: entries past it are not here to be
+        // applied again.
+        let state = self.get_log_state().await?;
+        Ok(v.flatten().min(state.last_log_id))
     }
 
     async fn append<I>(
@@ -246,11 +272,17 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             })
             .collect();
         // Entries must be readable when append returns; durability is reported by the callback.
+        let flushed = self.flushed.clone();
+        let epoch = flushed.epoch();
+        let last = entries.last().map(|e| e.log_id.index);
         self.store
             .writer
             .append(
                 ops,
                 Box::new(move |r| {
+                    if let (Ok(()), Some(last)) = (&r, last) {
+                        flushed.synced(epoch, last);
+                    }
                     callback.io_completed(r.map_err(io::Error::from));
                 }),
             )
@@ -262,6 +294,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        self.flushed.truncated(from);
         self.cache.clear();
         let op = Op::DeleteRange(
             Family::RaftLog,

@@ -3,10 +3,13 @@
 #[cfg(test)]
 mod conformance;
 pub(crate) mod dirs;
+pub(crate) mod flushed;
 pub(crate) mod keys;
 pub(crate) mod log_cache;
 pub(crate) mod log_store;
 mod log_writer;
+#[cfg(test)]
+mod power_cut_tests;
 pub(crate) mod segments;
 pub(crate) mod snapshot;
 pub(crate) mod state_machine;
@@ -398,6 +401,9 @@ impl NodeStore {
                 ));
             }
         }
+        // What survived past the mark (written, not yet synced when the node stopped) is
+        // synced now, before anything is built on it.
+        self.inner.segments.sync_from(mark.segment)?;
         if !cut.is_empty() {
             self.write_now(&cut)?;
             self.inner.sync()?;

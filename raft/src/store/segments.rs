@@ -545,6 +545,23 @@ impl Segments {
         Ok(mark)
     }
 
+    /// Syncs the segments from `first` on as they are on disk. At open, the entries past the
+    /// last sync mark whose data read back whole stay in the log; this makes them as durable as
+    /// the rest before the next sync mark (which covers every older segment whole) says so.
+    pub(crate) fn sync_from(&self, first: u64) -> Result<(), StorageError> {
+        let files: Vec<Arc<File>> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(first..)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for file in files {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// Starts recomputing `group`'s first segment after some of its entries were deleted:
     /// the caller scans the group's log from [`Rescan::from`] for its first pointer, then calls
     /// [`Segments::finish_rescan`].

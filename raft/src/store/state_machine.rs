@@ -2,11 +2,13 @@
 //! [`StateMachine`](crate::StateMachine) and serves and installs snapshots.
 
 use std::io;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StoredMembership as OrStoredMembership};
 
+use super::flushed::Flushed;
 use super::keys::{self, SM_APPLIED, SM_INSTALLING, SM_MEMBERSHIP};
 use super::snapshot::{self, SnapshotData};
 use super::{DataFamily, Family, GroupBatch, GroupView, NodeStore, Op, encode};
@@ -24,6 +26,8 @@ pub(crate) struct GroupStateMachine {
     view: GroupView,
     chunk_bytes: usize,
     log_is_data: bool,
+    /// How far the group's log is synced here ([`Flushed`]).
+    flushed: Arc<Flushed>,
 }
 
 impl GroupStateMachine {
@@ -33,6 +37,7 @@ impl GroupStateMachine {
         mut app: Box<dyn StateMachine>,
         chunk_bytes: usize,
         log_is_data: bool,
+        flushed: Arc<Flushed>,
     ) -> Result<Self, crate::error::StorageError> {
         let view = GroupView::new(store.clone(), group);
         app.restore(&view)?;
@@ -44,6 +49,7 @@ impl GroupStateMachine {
             view,
             chunk_bytes,
             log_is_data,
+            flushed,
         })
     }
 
@@ -196,6 +202,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 app_entries.len()
             )));
         }
+        // A log-is-data group's entries are its data: the applied mark must never reach the disk
+        // ahead of them (see `Flushed`).
+        if self.log_is_data && !self.flushed.covers(last.index) {
+            self.store.writer.write_durable(Vec::new()).await?;
+        }
         let released = batch.released;
         let mut ops = batch.ops;
         ops.push(Op::Put(
@@ -263,6 +274,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if let Some(cache) = self.store.log_cache(group) {
             cache.clear();
         }
+        self.flushed.truncated(
+            meta.last_log_id
+                .map(|l| l.index.saturating_add(1))
+                .unwrap_or(0),
+        );
         self.store.writer.write(begin).await?;
         let writer = self.store.writer.clone();
         snapshot
