@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use riptide_client::{Client, ClientConfig, ShardId};
-use riptide_powerloss::{CutReport, PowerLossError, PowerLossMount};
+use riptide_powerloss::{CutReport, MountOptions, PowerLossError, PowerLossMount};
 
 use crate::net::{Net, NetError};
 
@@ -125,14 +125,15 @@ impl Cluster {
     /// Builds the network and starts every node with the binary `bin`, keeping data and logs
     /// under `data`. With `topology.region_rtt_ms`, `proxy_bin` (a `riptide-chaos` binary) runs
     /// the delaying proxy in front of each node. With `power_loss_disks`, each node's data
-    /// directory is a power-loss file system ([`riptide_powerloss`]) kept in `data/disk-<id>`,
-    /// so that [`Cluster::power_cut`] can drop what the node never synced.
+    /// directory is a power-loss file system ([`riptide_powerloss`]) mounted with those
+    /// options and kept in `data/disk-<id>`, so that [`Cluster::power_cut`] can drop what the
+    /// node never synced.
     pub fn start(
         topology: Topology,
         bin: &Path,
         proxy_bin: Option<&Path>,
         data: &Path,
-        power_loss_disks: bool,
+        power_loss_disks: Option<MountOptions>,
     ) -> Result<Cluster, ClusterError> {
         if topology.region_rtt_ms > 0 && proxy_bin.is_none() {
             return Err(ClusterError::Timeout(
@@ -141,11 +142,12 @@ impl Cluster {
         }
         let net = Net::create(topology.nodes())?;
         let mut disks = Vec::new();
-        if power_loss_disks {
+        if let Some(options) = power_loss_disks {
             for id in 1..=topology.nodes() as u64 {
-                let disk = PowerLossMount::mount(
+                let disk = PowerLossMount::mount_with(
                     &data.join(format!("disk-{id}")),
                     &data.join(format!("node-{id}")),
+                    options.clone(),
                 )
                 .map_err(|source| ClusterError::Disk { node: id, source })?;
                 disks.push(disk);

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::checker::{Report, check};
 use crate::cluster::{Cluster, ClusterError, Topology, shard_leaders};
 use crate::history::{Event, write_jsonl};
-use crate::workload::{Recorder, Workload, WorkloadConfig, read_all};
+use crate::workload::{Recorder, Workload, WorkloadConfig, read_all, read_shards_as};
 
 /// The stream every drill writes to.
 pub const STREAM: &str = "drill";
@@ -129,6 +129,8 @@ pub struct DrillOptions {
     pub kills: usize,
     /// How many power cuts the power-loss scenarios make.
     pub cuts: usize,
+    /// How long each fsync takes on the power-loss scenarios' disks.
+    pub disk_sync_latency: Duration,
     /// How long each fault lasts.
     pub hold: Duration,
     /// Writing before the first fault, and between faults.
@@ -211,7 +213,11 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
         &opts.bin,
         opts.proxy_bin.as_deref(),
         &dir,
-        scenario.cuts_power(),
+        scenario
+            .cuts_power()
+            .then_some(riptide_powerloss::MountOptions {
+                sync_latency: opts.disk_sync_latency,
+            }),
     )?;
     cluster.wait_listening(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
@@ -246,6 +252,18 @@ pub async fn run(scenario: Scenario, opts: &DrillOptions) -> Result<ScenarioResu
             what: "reading the stream back".into(),
             source,
         })?;
+    if scenario.cuts_power() {
+        // Every replica must hold the same records: after power cuts a replica that lost
+        // what it had acknowledged, or holds another entry under the same log id, only shows
+        // once it leads. Each leads in turn and reads its shard whole; the checker counts
+        // readers that disagree as divergent.
+        say(
+            &recorder,
+            scenario,
+            "reading every shard again from each of its replicas, as leader",
+        );
+        read_from_every_replica(&client, &recorder).await?;
+    }
     cluster.shutdown();
 
     let events = recorder.events();
@@ -349,6 +367,54 @@ async fn create_stream(
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Makes each replica of every shard of the drill stream its leader in turn and reads the shard
+/// whole from it, as reader `replica-<node>`.
+async fn read_from_every_replica(client: &Client, recorder: &Recorder) -> Result<(), ClusterError> {
+    for (shard, _, replicas) in shard_leaders(client, STREAM).await? {
+        for node in replicas {
+            lead_from(client, shard, node).await?;
+            read_shards_as(
+                client,
+                STREAM,
+                &[shard],
+                &format!("replica-{node}"),
+                recorder,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|source| ClusterError::Client {
+                what: format!("reading {shard} back from node {node}"),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the leadership of `shard` to `node` and waits until the cluster reports it there
+/// (30 s at most).
+async fn lead_from(client: &Client, shard: ShardId, node: u64) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = shard_leaders(client, STREAM)
+            .await?
+            .into_iter()
+            .find(|(s, _, _)| *s == shard)
+            .map(|(_, l, _)| l);
+        if leader == Some(node) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout(format!(
+                "{shard} is led by {leader:?}, not node {node}, 30 s after asking"
+            )));
+        }
+        // Refused while an election runs or the node catches up: asked again.
+        let _ = client.transfer_shard_leader(STREAM, shard, node).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -105,6 +105,10 @@ struct DrillArgs {
     /// from a twentieth of --hold-secs to twice it.
     #[arg(long, default_value_t = 10)]
     cuts: usize,
+    /// How long each fsync takes on the power-loss scenarios' disks, in microseconds, as a
+    /// disk's flush does (the file system underneath keeps everything in the page cache).
+    #[arg(long, default_value_t = 500)]
+    disk_sync_us: u64,
     /// How long each fault lasts, in seconds.
     #[arg(long, default_value_t = 10.0)]
     hold_secs: f64,
@@ -191,6 +195,12 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
             args.batch
         );
     }
+    if args.disk_sync_us > 1_000_000 {
+        bail!(
+            "--disk-sync-us {}: at most 1000000 (1 s)",
+            args.disk_sync_us
+        );
+    }
     if args.record_bytes > 1 << 20 {
         bail!(
             "--record-bytes {}: at most 1048576 (1 MiB, a record's limit)",
@@ -225,6 +235,7 @@ fn options(args: &DrillArgs) -> Result<(Vec<Scenario>, DrillOptions)> {
         },
         kills,
         cuts,
+        disk_sync_latency: Duration::from_micros(args.disk_sync_us),
         hold: Duration::from_secs_f64(hold),
         settle: Duration::from_secs_f64(settle),
     };

@@ -402,6 +402,19 @@ pub async fn read_all(
     recorder: &Recorder,
     deadline: Duration,
 ) -> Result<(), ClientError> {
+    read_shards_as(client, stream, shards, "final", recorder, deadline).await
+}
+
+/// Reads `shards` from their start to their end as reader `reader`, retrying failed calls
+/// until `deadline`.
+pub async fn read_shards_as(
+    client: &Client,
+    stream: &str,
+    shards: &[ShardId],
+    reader: &str,
+    recorder: &Recorder,
+    deadline: Duration,
+) -> Result<(), ClientError> {
     let started = Instant::now();
     for &shard in shards {
         let mut last: Option<String> = None;
@@ -416,7 +429,7 @@ pub async fn read_all(
                             .await?
                     }
                 };
-                read_page(client, shard, &it, "final", recorder).await
+                read_page(client, shard, &it, reader, recorder).await
             };
             match step.await {
                 Ok((read, caught_up, next)) => {

@@ -434,7 +434,20 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 
 /// The FUSE side: requests from the kernel.
 #[derive(Debug)]
-pub(crate) struct PowerLossFs(pub(crate) Arc<Shared>);
+pub(crate) struct PowerLossFs {
+    pub(crate) shared: Arc<Shared>,
+    /// How long each fsync takes, as a disk's flush does.
+    pub(crate) sync_latency: Duration,
+}
+
+impl PowerLossFs {
+    /// Waits as long as a disk's flush takes; the sync takes effect after it.
+    fn sync_wait(&self) {
+        if !self.sync_latency.is_zero() {
+            std::thread::sleep(self.sync_latency);
+        }
+    }
+}
 
 fn open_options(flags: i32) -> OpenOptions {
     let mut o = OpenOptions::new();
@@ -458,7 +471,7 @@ impl Filesystem for PowerLossFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         match st.child(parent.0, name) {
             Ok((ino, meta)) => reply.entry(&TTL, &attr(ino, &meta), Generation(0)),
             Err(e) => reply.error(e),
@@ -466,7 +479,7 @@ impl Filesystem for PowerLossFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let st = self.0.lock();
+        let st = self.shared.lock();
         let meta = match fh.and_then(|fh| st.handle(fh).ok()) {
             Some((_, file)) => file.metadata(),
             None => match st.path(ino.0) {
@@ -498,7 +511,7 @@ impl Filesystem for PowerLossFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let Some(path) = st.path(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -547,7 +560,7 @@ impl Filesystem for PowerLossFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let path = match st.dir_path(parent.0) {
             Ok(p) => p.join(name),
             Err(e) => return reply.error(e),
@@ -594,7 +607,7 @@ impl Filesystem for PowerLossFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let Some(path) = st.path(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -621,7 +634,7 @@ impl Filesystem for PowerLossFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let path = match st.dir_path(parent.0) {
             Ok(p) => p.join(name),
             Err(e) => return reply.error(e),
@@ -674,7 +687,7 @@ impl Filesystem for PowerLossFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let file = match self.0.lock().handle(fh) {
+        let file = match self.shared.lock().handle(fh) {
             Ok((_, f)) => f,
             Err(e) => return reply.error(e),
         };
@@ -703,7 +716,7 @@ impl Filesystem for PowerLossFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let (ino, file) = match st.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -743,7 +756,7 @@ impl Filesystem for PowerLossFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.lock().handles.remove(&fh.0);
+        self.shared.lock().handles.remove(&fh.0);
         reply.ok();
     }
 
@@ -755,7 +768,8 @@ impl Filesystem for PowerLossFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.0.lock();
+        self.sync_wait();
+        let mut st = self.shared.lock();
         // The file's content and length as they are now are what a cut keeps.
         st.files.remove(&ino.0);
         st.stats.file_syncs += 1;
@@ -763,7 +777,7 @@ impl Filesystem for PowerLossFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.0.lock().path(ino.0).is_none() {
+        if self.shared.lock().path(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
         }
         reply.opened(FileHandle(0), FopenFlags::empty());
@@ -777,7 +791,7 @@ impl Filesystem for PowerLossFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let path = match st.dir_path(ino.0) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -827,13 +841,14 @@ impl Filesystem for PowerLossFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.0.lock();
+        self.sync_wait();
+        let mut st = self.shared.lock();
         st.stats.dir_syncs += 1;
         reply_empty(reply, st.dir_synced(ino.0).map_err(errno));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let tree = self.0.lock().tree.clone();
+        let tree = self.shared.lock().tree.clone();
         match nix::sys::statvfs::statvfs(&tree) {
             Ok(s) => reply.statfs(
                 s.blocks(),
@@ -850,7 +865,7 @@ impl Filesystem for PowerLossFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        if self.0.lock().path(ino.0).is_some() {
+        if self.shared.lock().path(ino.0).is_some() {
             reply.ok();
         } else {
             reply.error(Errno::ENOENT);
@@ -877,7 +892,7 @@ impl Filesystem for PowerLossFs {
         if !supported.contains(flags) {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let (ino, file) = match st.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -910,7 +925,7 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
 
 impl PowerLossFs {
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<(), Errno> {
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let (ino, meta) = st.child(parent, name)?;
         if meta.is_dir() != dir {
             return Err(if dir { Errno::ENOTDIR } else { Errno::EISDIR });
@@ -944,7 +959,7 @@ impl PowerLossFs {
         if flags.bits() & !libc::RENAME_NOREPLACE != 0 {
             return Err(Errno::EINVAL);
         }
-        let mut st = self.0.lock();
+        let mut st = self.shared.lock();
         let (ino, meta) = st.child(parent, name)?;
         let from = st.dir_path(parent)?.join(name);
         let to = st.dir_path(newparent)?.join(newname);

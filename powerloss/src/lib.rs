@@ -69,6 +69,18 @@ pub struct PowerLossMount {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
     tree: PathBuf,
+    /// The FUSE connection's number under /sys/fs/fuse/connections.
+    connection: Option<u64>,
+}
+
+/// How a mount behaves.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// How long every fsync, fdatasync and directory sync takes before it returns (and takes
+    /// effect), as a disk's flush does; zero by default. A few hundred microseconds to a few
+    /// milliseconds gives a power cut the chance to land in the middle of a sync, as on a real
+    /// disk.
+    pub sync_latency: std::time::Duration,
 }
 
 impl PowerLossMount {
@@ -76,6 +88,15 @@ impl PowerLossMount {
     /// `state/tree` (what a cut leaves is what is there after it; an existing tree is used as
     /// is, as synced) and removed files under `state/graves` until their removal lasts.
     pub fn mount(state: &Path, mountpoint: &Path) -> Result<Self, PowerLossError> {
+        Self::mount_with(state, mountpoint, MountOptions::default())
+    }
+
+    /// [`PowerLossMount::mount`] with `options`.
+    pub fn mount_with(
+        state: &Path,
+        mountpoint: &Path,
+        options: MountOptions,
+    ) -> Result<Self, PowerLossError> {
         let tree = state.join("tree");
         let graves = state.join("graves");
         for dir in [&tree, &graves, &mountpoint.to_path_buf()] {
@@ -106,16 +127,28 @@ impl PowerLossMount {
             fuser::MountOption::Subtype("riptide-powerloss".into()),
         ];
         config.n_threads = Some(4);
-        let session = fuser::spawn_mount(fs::PowerLossFs(shared.clone()), mountpoint, &config)
-            .map_err(|source| PowerLossError::Mount {
+        let fs = fs::PowerLossFs {
+            shared: shared.clone(),
+            sync_latency: options.sync_latency,
+        };
+        let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| {
+            PowerLossError::Mount {
                 path: mountpoint.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
+        // The kernel's name for the connection, to abort it if an unmount cannot finish.
+        let connection = std::fs::metadata(mountpoint).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            let dev = m.dev();
+            (dev & 0xff) | ((dev >> 12) & 0xfff00)
+        });
         Ok(Self {
             shared,
             session: Some(session),
             mountpoint: mountpoint.to_path_buf(),
             tree,
+            connection,
         })
     }
 
@@ -151,14 +184,49 @@ impl PowerLossMount {
         self.stop()
     }
 
+    /// Unmounts. Files still open on the file system (a process not stopped first, or one of
+    /// this process's own threads) would keep the unmount from finishing and, at this process's
+    /// exit, leave a thread waiting forever on a file system nobody serves: then the connection
+    /// is aborted (their calls fail) and the mount detached.
     fn stop(&mut self) -> Result<(), PowerLossError> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join().map_err(|source| PowerLossError::Mount {
-                path: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let err = |source| PowerLossError::Mount {
+            path: self.mountpoint.clone(),
+            source,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(session.umount_and_join());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(()),
+            outcome => {
+                self.abort_connection();
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mountpoint)
+                    .status();
+                Err(err(match outcome {
+                    Ok(Err(e)) => e,
+                    _ => io::Error::other("the unmount did not finish within 10 s"),
+                }))
+            }
         }
+    }
+
+    /// Aborts the FUSE connection: every call on it fails from now on.
+    fn abort_connection(&self) {
+        let Some(id) = self.connection else { return };
+        let control = Path::new("/sys/fs/fuse/connections");
+        if std::fs::read_dir(control).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::process::Command::new("mount")
+                .args(["-t", "fusectl", "none"])
+                .arg(control)
+                .status();
+        }
+        let _ = std::fs::write(control.join(id.to_string()).join("abort"), b"1");
     }
 }
 
