@@ -1,10 +1,10 @@
 //! Power cuts through the store, on the power-loss file system (`riptide-powerloss`).
 //!
-//! A child process (this test binary, running one of the `#[ignore]`d entry points below with
-//! the store's directory in `RIPTIDE_POWER_CUT_DIR`) writes to a store and prints `ready` at the
-//! moment it should lose power (`power-cut-ready`); the parent kills it (kill -9), drops every write no fsync
-//! covered, opens the store again and checks what it holds. Needs /dev/fuse, fusermount3 and
-//! root, as CI has.
+//! Each test runs itself again as a child process (this test binary, with the child's name in
+//! `RIPTIDE_POWER_CUT_CHILD` and the store's directory in `RIPTIDE_POWER_CUT_DIR`), which writes
+//! to a store and prints `power-cut-ready` at the moment it should lose power; the parent kills
+//! it (kill -9), drops every write no fsync covered, opens the store again and checks what it
+//! holds. Needs /dev/fuse, fusermount3 and root, as CI has.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -25,6 +25,7 @@ use crate::error::StorageError;
 use crate::types::{AppData, AppliedEntry, Entry, GroupId, StateMachine, TypeConfig};
 
 const DIR_ENV: &str = "RIPTIDE_POWER_CUT_DIR";
+const CHILD_ENV: &str = "RIPTIDE_POWER_CUT_CHILD";
 /// What a child prints when it reached the moment it loses power.
 const READY: &str = "power-cut-ready";
 const GROUP: GroupId = GroupId(7);
@@ -77,24 +78,19 @@ fn mounted() -> (tempfile::TempDir, PowerLossMount) {
     (dir, mount)
 }
 
-/// Runs the `#[ignore]`d test `name` of this binary in a child process with the store in
-/// `db`, kills it (kill -9) once it printed [`READY`], and returns.
-fn run_child_until_ready(name: &str, db: &Path) {
+/// Runs the test `test` of this binary again in a child process that plays `child` with the
+/// store in `db`, kills it (kill -9) once it printed [`READY`], and returns.
+fn run_child_until_ready(test: &str, child: &str, db: &Path) {
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut process = Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(DIR_ENV, db)
+        .env(CHILD_ENV, child)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the child");
-    let stdout = child.stdout.take().expect("child stdout");
+    let stdout = process.stdout.take().expect("child stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -106,19 +102,36 @@ fn run_child_until_ready(name: &str, db: &Path) {
         }
     });
     let ready = rx.recv_timeout(Duration::from_secs(60));
-    let _ = child.kill();
-    let status = child.wait().expect("reap the child");
+    let _ = process.kill();
+    let status = process.wait().expect("reap the child");
     assert!(
         ready.is_ok(),
-        "{name} did not reach its crash point (exit: {status})"
+        "child {child} did not reach its crash point (exit: {status})"
     );
+}
+
+/// In a child process: plays the child named in the environment and never returns. In the
+/// test itself: returns at once.
+fn play_child_if_asked() {
+    let Some(name) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let dir = child_dir();
+    match name.to_str() {
+        Some("applies-an-entry-before-its-sync") => child_applies_an_entry_before_its_sync(&dir),
+        Some("leaves-entry-data-written-but-unsynced") => {
+            child_leaves_entry_data_written_but_unsynced(&dir)
+        }
+        Some("opens-and-syncs-a-new-entry") => child_opens_and_syncs_a_new_entry(&dir),
+        other => panic!("{CHILD_ENV}={other:?}: no such child"),
+    }
 }
 
 /// The store directory a child was given.
 fn child_dir() -> std::path::PathBuf {
     std::env::var_os(DIR_ENV)
         .map(Into::into)
-        .expect("run by the power-cut tests as a child process, with RIPTIDE_POWER_CUT_DIR")
+        .expect("a child process of the power-cut tests, with RIPTIDE_POWER_CUT_DIR")
 }
 
 /// Prints [`READY`] and waits to be killed.
@@ -164,10 +177,12 @@ fn applied_and_last(store: &NodeStore) -> (Option<u64>, Option<u64>) {
 /// off at open: the applied mark must not name it.
 #[test]
 fn an_applied_mark_never_reaches_the_disk_before_the_entrys_data() {
+    play_child_if_asked();
     let (_dir, mount) = mounted();
     let db = mount.mountpoint().join("db");
     run_child_until_ready(
-        "store::power_cut_tests::child_applies_an_entry_before_its_sync",
+        "store::power_cut_tests::an_applied_mark_never_reaches_the_disk_before_the_entrys_data",
+        "applies-an-entry-before-its-sync",
         &db,
     );
     mount.cut().expect("cut");
@@ -181,14 +196,11 @@ fn an_applied_mark_never_reaches_the_disk_before_the_entrys_data() {
     assert!(applied >= Some(3), "entries 1 to 3 were applied and synced");
 }
 
-#[test]
-#[ignore = "a child process of an_applied_mark_never_reaches_the_disk_before_the_entrys_data"]
 // The sync lock is held across awaits on purpose: it keeps the syncer thread from syncing.
 #[allow(clippy::await_holding_lock)]
-fn child_applies_an_entry_before_its_sync() {
-    let dir = child_dir();
+fn child_applies_an_entry_before_its_sync(dir: &Path) -> ! {
     runtime().block_on(async {
-        let store = NodeStore::open(&dir, GroupCommit::On).expect("open");
+        let store = NodeStore::open(dir, GroupCommit::On).expect("open");
         let mut log = GroupLogStore::new(store.clone(), GROUP, true, 0).expect("log store");
         let mut sm = GroupStateMachine::new(
             store.clone(),
@@ -253,18 +265,15 @@ fn child_applies_an_entry_before_its_sync() {
 /// entries' data gone.
 #[test]
 fn entries_kept_at_open_are_on_disk_before_a_later_mark_covers_them() {
+    play_child_if_asked();
+    let test =
+        "store::power_cut_tests::entries_kept_at_open_are_on_disk_before_a_later_mark_covers_them";
     let (_dir, mount) = mounted();
     let db = mount.mountpoint().join("db");
-    run_child_until_ready(
-        "store::power_cut_tests::child_leaves_entry_data_written_but_unsynced",
-        &db,
-    );
+    run_child_until_ready(test, "leaves-entry-data-written-but-unsynced", &db);
     // Killed, no power cut: the written data is there. The next run keeps entry 4, syncs a
     // new entry in a new segment, and is killed too; then the power goes.
-    run_child_until_ready(
-        "store::power_cut_tests::child_opens_and_syncs_a_new_entry",
-        &db,
-    );
+    run_child_until_ready(test, "opens-and-syncs-a-new-entry", &db);
     mount.cut().expect("cut");
     let store = reopen(&db);
     let entries = runtime().block_on(async {
@@ -284,14 +293,11 @@ fn entries_kept_at_open_are_on_disk_before_a_later_mark_covers_them() {
     }
 }
 
-#[test]
-#[ignore = "a child process of entries_kept_at_open_are_on_disk_before_a_later_mark_covers_them"]
 // The sync lock is held across awaits on purpose: it keeps the syncer thread from syncing.
 #[allow(clippy::await_holding_lock)]
-fn child_leaves_entry_data_written_but_unsynced() {
-    let dir = child_dir();
+fn child_leaves_entry_data_written_but_unsynced(dir: &Path) -> ! {
     runtime().block_on(async {
-        let store = NodeStore::open(&dir, GroupCommit::On).expect("open");
+        let store = NodeStore::open(dir, GroupCommit::On).expect("open");
         let mut log = GroupLogStore::new(store.clone(), GROUP, true, 0).expect("log store");
         log.append((1..=3).map(entry), IOFlushed::noop())
             .await
@@ -329,12 +335,9 @@ fn child_leaves_entry_data_written_but_unsynced() {
     })
 }
 
-#[test]
-#[ignore = "a child process of entries_kept_at_open_are_on_disk_before_a_later_mark_covers_them"]
-fn child_opens_and_syncs_a_new_entry() {
-    let dir = child_dir();
+fn child_opens_and_syncs_a_new_entry(dir: &Path) -> ! {
     runtime().block_on(async {
-        let store = NodeStore::open(&dir, GroupCommit::On).expect("open");
+        let store = NodeStore::open(dir, GroupCommit::On).expect("open");
         let mut log = GroupLogStore::new(store.clone(), GROUP, true, 0).expect("log store");
         let kept: Vec<u64> = log
             .try_get_log_entries(0..100)
