@@ -139,7 +139,7 @@ fn riptide_bin(given: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(sibling);
     }
     bail!(
-        "no `riptide` binary next to {}: build it with `cargo build -p riptide-node` or pass \
+        "no `riptide` binary next to {}: build it with `cargo build -p riptide` or pass \
          --riptide-bin",
         me.display()
     )

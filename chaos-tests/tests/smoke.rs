@@ -29,7 +29,7 @@ fn options(out: &std::path::Path) -> DrillOptions {
     let bin = riptide_bin();
     assert!(
         bin.is_file(),
-        "{} is missing: `cargo build -p riptide-node` first",
+        "{} is missing: `cargo build -p riptide` first",
         bin.display()
     );
     DrillOptions {

@@ -1,7 +1,7 @@
 //! The client against a real cluster, started separately. Ignored by default; run with
 //!
 //! ```sh
-//! cargo run -p riptide-node -- dev --base-port 17101 --data-dir /tmp/riptide-client-test &
+//! cargo run -p riptide -- dev --base-port 17101 --data-dir /tmp/riptide-client-test &
 //! RIPTIDE_TEST_ENDPOINT=127.0.0.1:17101 cargo test -p riptide-client \
 //!     --test against_running_cluster -- --ignored --test-threads 1
 //! ```

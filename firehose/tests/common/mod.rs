@@ -29,10 +29,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[path = "../../../node/tests/common/ports.rs"]
-pub mod ports;
-
-pub use ports::free_port;
+pub use riptide_test_ports::free_port;
 
 /// Waits for `cond` until `deadline`, panicking with `what` when it does not come.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
@@ -111,11 +108,11 @@ impl Cluster {
             .unwrap_or_else(|| repo_root().join("target/debug/riptide"));
         assert!(
             bin.exists(),
-            "{} is missing: build it with `cargo build -p riptide-node --bin riptide` or set RIPTIDE_BIN",
+            "{} is missing: build it with `cargo build -p riptide` or set RIPTIDE_BIN",
             bin.display()
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = ports::consecutive(3);
+        let port = riptide_test_ports::consecutive(3);
         let proc = Proc::spawn(
             "riptide dev",
             Command::new(&bin)

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod ports;
+pub use riptide_test_ports as ports;
 
 use std::sync::Arc;
 use std::time::Duration;

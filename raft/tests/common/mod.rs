@@ -3,8 +3,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../../../node/tests/common/ports.rs"]
-pub mod ports;
+pub use riptide_test_ports as ports;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,15 +1,9 @@
 //! `riptide-jetstream-bench`: the workload of `riptide bench`, run against a NATS JetStream
-//! cluster through the NATS Rust client, reported with the same code (node/src/bench/measure,
-//! included below), so that `bench/peers/compare` can put both systems side by side.
+//! cluster through the NATS Rust client, reported with the same code (riptide-bench-measure,
+//! in bench/measure), so that `bench/peers/compare` can put both systems side by side.
 //!
 //! `run` drives JetStream; `compare A.json B.json` prints two reports side by side with the
 //! ratio of every figure.
-
-// The measurement code of `riptide bench`, shared rather than copied: this program uses only
-// part of it.
-#[allow(dead_code)]
-#[path = "../../../../node/src/bench/measure/mod.rs"]
-mod measure;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +15,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use measure::parse_duration;
-use measure::payload::Filler;
-use measure::recorder::{Clock, Recorder, Window};
-use measure::report::{Report, Workload};
-use measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
+use riptide_bench_measure::parse_duration;
+use riptide_bench_measure::payload::Filler;
+use riptide_bench_measure::recorder::{Clock, Recorder, Window};
+use riptide_bench_measure::report::{Report, Workload};
+use riptide_bench_measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
 
 /// How long set-up may take before the first record is sent.
 const LEAD: Duration = Duration::from_millis(200);
@@ -261,7 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         None
     } else {
         let (dir, len) = (args.probe_dir.clone(), args.probe);
-        let p = tokio::task::spawn_blocking(move || measure::probe::run(&dir, len))
+        let p = tokio::task::spawn_blocking(move || riptide_bench_measure::probe::run(&dir, len))
             .await?
             .context("fsync probe")?;
         if !args.quiet {
@@ -412,7 +406,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         shards: streams,
         replicas: args.replicas as u32,
         producers: args.producers,
-        record_bytes: args.record_bytes.max(measure::payload::HEADER_BYTES),
+        record_bytes: args
+            .record_bytes
+            .max(riptide_bench_measure::payload::HEADER_BYTES),
         partition_keys: args.partition_keys,
         batch_records: None,
         linger_ms: None,
@@ -447,7 +443,7 @@ fn rand_u64() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mut state = nanos ^ (u64::from(std::process::id()) << 32);
-    measure::payload::splitmix64(&mut state)
+    riptide_bench_measure::payload::splitmix64(&mut state)
 }
 
 fn read_report(path: &std::path::Path) -> anyhow::Result<Report> {
@@ -468,7 +464,7 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", report.table());
             }
             if let Some(path) = plot {
-                std::fs::write(&path, measure::plot::svg(&report))
+                std::fs::write(&path, riptide_bench_measure::plot::svg(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if report.loss.lost > 0 {
@@ -487,10 +483,10 @@ async fn main() -> anyhow::Result<()> {
                 if reports.len() == 1 {
                     return Ok(reports.into_iter().next().expect("one report"));
                 }
-                measure::report::median(&reports).context("no reports")
+                riptide_bench_measure::report::median(&reports).context("no reports")
             };
             let (a, b) = (load(&first)?, load(&second)?);
-            print!("{}", measure::report::compare(&a, &b));
+            print!("{}", riptide_bench_measure::report::compare(&a, &b));
         }
     }
     Ok(())

@@ -1,9 +1,15 @@
-//! The `riptide` command.
+//! The `riptide` command: `riptide node` and `riptide dev` run the server (riptide-node); every
+//! other subcommand is a client command of riptide-cli.
+//!
+//! An error ends the program with one line on standard error, `error: ` and the error's cause
+//! chain, and exit code 1 (clap's usage errors exit with 2). Errors are never printed with
+//! `{:?}`, which for an `anyhow::Error` appends a stack backtrace when RUST_BACKTRACE is set.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use riptide_node::clock::SystemClock;
 use riptide_node::config::{ConfigOverrides, NodeConfig};
@@ -15,7 +21,7 @@ use riptide_node::server::Node;
 #[command(name = "riptide", version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
-    global: riptide_node::cli::GlobalArgs,
+    global: riptide_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(flatten)]
-    Client(riptide_node::cli::ClientCommand),
+    Client(riptide_cli::ClientCommand),
     /// Run a local three-node cluster in this process, on 127.0.0.1, until Ctrl-C.
     ///
     /// The nodes keep their data under --data-dir; starting again with the same folder
@@ -92,7 +98,7 @@ async fn until_ctrl_c() -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -100,8 +106,29 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, outermost first, separated by `: `, on one line (a message that
+/// spans lines has them joined).
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Client(cmd) => riptide_node::cli::run(&cli.global, cmd).await?,
+        Command::Client(cmd) => riptide_cli::run(&cli.global, cmd).await?,
         Command::Dev {
             data_dir,
             base_port,
@@ -116,7 +143,9 @@ async fn main() -> Result<()> {
                 "starting a 3-node cluster in {} ...",
                 opts.data_dir.display()
             );
-            let cluster = DevCluster::start(&opts).await?;
+            let cluster = DevCluster::start(&opts)
+                .await
+                .context("starting the development cluster")?;
             println!("{}", cluster.describe());
             println!("press Ctrl-C to stop");
             until_ctrl_c().await?;
@@ -149,8 +178,10 @@ async fn main() -> Result<()> {
                 replica_repair_after_ms,
             };
             let config = NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok(), overrides)
-                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-            let node = Node::start(config, Arc::new(SystemClock)).await?;
+                .context("configuration")?;
+            let node = Node::start(config, Arc::new(SystemClock))
+                .await
+                .context("starting the node")?;
             println!("node {} listening on http://{}", node.id(), node.addr());
             if let Some(addr) = node.kinesis_addr() {
                 println!("kinesis api on http://{addr}");

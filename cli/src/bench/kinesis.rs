@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::measure::workload::{Ack, Outcome, Publisher};
+use riptide_bench_measure::workload::{Ack, Outcome, Publisher};
 
 /// A failed Kinesis call.
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,21 @@
-//! `riptide bench` against the in-process development cluster and against three `riptide
-//! node` processes: the report has every measure, and its loss rate comes from reading the
-//! records back (the counts match what the stream holds). No figure here is a timing
-//! threshold: performance is measured by running the bench, never by tests.
+//! `riptide bench` (riptide-cli) against the in-process development cluster (riptide-node) and,
+//! as the `riptide` binary, against three `riptide node` processes: the report has every
+//! measure, and its loss rate comes from reading the records back (the counts match what the
+//! stream holds). No figure here is a timing threshold: performance is measured by running the
+//! bench, never by tests.
 
-#[path = "common/ports.rs"]
-mod ports;
+mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::{NodeProcesses, riptide_bin, run_with_deadline};
+use riptide_bench_measure::report::Report;
+use riptide_cli::bench::{BenchArgs, run_riptide};
 use riptide_client::{Client, ShardId, StartingPosition};
-use riptide_node::bench::measure::report::Report;
-use riptide_node::bench::{BenchArgs, run_riptide};
 use riptide_node::dev::{DevCluster, DevOptions};
+use riptide_test_ports as ports;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -161,115 +163,14 @@ async fn bench_against_the_dev_cluster_reads_every_acknowledged_record_back() {
     cluster.shutdown().await;
 }
 
-/// Three `riptide node` processes; killed when dropped.
-struct Processes {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_nodes() -> (Processes, Vec<String>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<u16> = (0..3).map(|_| ports::free_port()).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let mut children = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let log = std::fs::File::create(dir.path().join(format!("node-{}.log", i + 1)))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_riptide"))
-            .args(["node", "--node-id", &(i + 1).to_string()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("node-{}", i + 1)))
-            .args(["--zone", &format!("zone-{i}")])
-            .args(["--initial-cluster", &initial.join(",")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start riptide node");
-        children.push(child);
-    }
-    let endpoints = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    (
-        Processes {
-            children,
-            _dir: dir,
-        },
-        endpoints,
-    )
-}
-
-/// Runs `command` to its end, killing it after `secs` seconds.
-fn run_with_deadline(mut command: Command, secs: u64) -> std::process::Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start riptide bench");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for riptide bench") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("riptide bench did not finish in {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::process::Output {
-        status,
-        stdout: out.join().expect("stdout reader").expect("stdout"),
-        stderr: err.join().expect("stderr reader").expect("stderr"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_command_against_three_node_processes() {
-    let (nodes, endpoints) = start_nodes();
-    // Wait until every node is up and the controller has a leader.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "the cluster did not form");
-        if let Ok(client) = Client::connect(&endpoints[0]).await
-            && let Ok(status) = client.cluster_status().await
-            && status.controller_leader != 0
-            && status.nodes.len() == 3
-            && status.nodes.iter().all(|n| n.up)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let nodes = NodeProcesses::start(3, |_| None, &[]);
+    nodes.wait_formed().await;
+    let endpoints = &nodes.endpoints;
     let out_dir = tempfile::tempdir().expect("temp dir");
     let plot = out_dir.path().join("run.svg");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_riptide"));
+    let mut command = Command::new(riptide_bin());
     command
         .args(["--endpoint", &endpoints.join(",")])
         .args([

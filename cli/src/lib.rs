@@ -1,7 +1,13 @@
-//! The client subcommands of the `riptide` binary (`stream`, `put`, `get`, `tail`, `cluster`,
-//! `shard`): thin wrappers over riptide-client that print tables or JSON.
+//! riptide-cli: the client subcommands of the `riptide` binary (`stream`, `put`, `get`, `tail`,
+//! `cluster`, `shard`), thin wrappers over riptide-client that print tables or JSON, and
+//! `riptide bench` ([`bench`]), which measures a running cluster.
+//!
+//! Everything here is an API client: it reaches a cluster through riptide-client and the
+//! Kinesis HTTP API only. It must not depend on riptide-node (the server), riptide-raft or
+//! RocksDB; the `riptide` binary (cmd/riptide) puts this crate and the server side by side.
 
 mod admin;
+pub mod bench;
 mod format;
 mod records;
 mod streams;

@@ -2,13 +2,12 @@
 //! measures of the design's source article (production rate P, processing rate H, latency L,
 //! loss rate LR), with a live progress line, a table or JSON, and an SVG plot.
 //!
-//! The measurement half ([`measure`]) has no riptide dependency and is shared with the
-//! JetStream peer program under `bench/peers/`; this module adds the Riptide side: the
-//! stream, producers on [`riptide_client::Producer`], live consumers (push or polling) and the
-//! read-back pass on which LR rests.
+//! The measurement half (riptide-bench-measure, `bench/measure/`) has no riptide dependency
+//! and is shared with the JetStream peer program under `bench/peers/`; this module adds the
+//! Riptide side: the stream, producers on [`riptide_client::Producer`], live consumers (push
+//! or polling) and the read-back pass on which LR rests.
 
 mod kinesis;
-pub mod measure;
 mod riptide;
 
 use std::path::PathBuf;
@@ -16,8 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use measure::parse_duration;
-use measure::report::{Report, Workload};
+use riptide_bench_measure as measure;
+use riptide_bench_measure::parse_duration;
+use riptide_bench_measure::report::{Report, Workload};
 
 pub use riptide::run as run_riptide;
 
@@ -239,7 +239,7 @@ pub fn emit(report: &Report, json: bool, plot: Option<&std::path::Path>) -> anyh
         print!("{}", report.table());
     }
     if let Some(path) = plot {
-        std::fs::write(path, measure::plot::svg(report))
+        std::fs::write(path, measure::plot::svg(report)?)
             .with_context(|| format!("writing the plot to {}", path.display()))?;
         if !json {
             println!("plot written to {}", path.display());

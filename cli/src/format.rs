@@ -1,54 +1,41 @@
-//! How the CLI shows things: aligned tables, record data as text or hex, timestamps, and the
-//! JSON forms. Pure functions, tested without a cluster.
+//! How the CLI shows things: aligned tables (comfy-table), record data as text or hex,
+//! timestamps, and the JSON forms. Pure functions, tested without a cluster.
 
 use std::fmt::Write as _;
 
 use riptide_client::{ShardId, v1};
 use serde_json::{Value, json};
 
-/// A table with a header row, columns separated by two spaces, every column but the last
-/// padded to its widest cell.
+/// A table in the CLI's plain style: a header row, no borders, columns separated by two
+/// spaces and as wide as their widest cell (in terminal columns), no trailing spaces, never
+/// wrapped (lines stay whole for `grep` and `cut`).
 #[derive(Debug)]
 pub struct Table {
-    headers: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
+    table: comfy_table::Table,
 }
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Self {
-        Self {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
+        let mut table = comfy_table::Table::new();
+        table
+            .load_style(comfy_table::presets::NOTHING)
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+            .set_header(headers.to_vec());
+        let last = headers.len().saturating_sub(1);
+        for (i, column) in table.column_iter_mut().enumerate() {
+            column.set_padding((0, if i == last { 0 } else { 2 }));
         }
+        Self { table }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.table.add_row(cells);
     }
 
+    /// The table, each line ending with a newline.
     pub fn render(&self) -> String {
-        let columns = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate().take(columns) {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        for row in std::iter::once(&header).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate().take(columns) {
-                if i + 1 == columns {
-                    line.push_str(cell);
-                } else {
-                    let pad = widths[i] - cell.chars().count();
-                    let _ = write!(line, "{cell}{}  ", " ".repeat(pad));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
+        let mut out = self.table.trim_fmt();
+        out.push('\n');
         out
     }
 }
@@ -331,6 +318,12 @@ mod tests {
         t.row(vec!["xyz".into(), "1".into(), "end".into()]);
         t.row(vec!["q".into(), "".into(), "".into()]);
         assert_eq!(t.render(), "A    LONGER  LAST\nxyz  1       end\nq\n");
+        // Columns are as wide as their cells on a terminal: a CJK character takes two.
+        t.row(vec!["日本".into(), "2".into(), "x y".into()]);
+        assert_eq!(
+            t.render(),
+            "A     LONGER  LAST\nxyz   1       end\nq\n日本  2       x y\n"
+        );
     }
 
     #[test]

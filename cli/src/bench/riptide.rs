@@ -15,11 +15,11 @@ use riptide_client::{
 use tokio::sync::watch;
 
 use super::kinesis::{KinesisHttp, KinesisPublisher};
-use super::measure::payload::Filler;
-use super::measure::recorder::{Clock, Recorder, Window};
-use super::measure::report::Report;
-use super::measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
 use super::{Api, BenchArgs, ConsumerMode, RIPTIDE_DURABILITY};
+use riptide_bench_measure::payload::Filler;
+use riptide_bench_measure::recorder::{Clock, Recorder, Window};
+use riptide_bench_measure::report::Report;
+use riptide_bench_measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
 
 /// How long set-up may take before the first record is sent.
 const LEAD: Duration = Duration::from_millis(200);

@@ -1,5 +1,5 @@
-//! Ports on 127.0.0.1 for the servers tests start, that no other test process on the machine
-//! is handed and no outgoing connection takes.
+//! riptide-test-ports: ports on 127.0.0.1 for the servers tests start, that no other test
+//! process on the machine is handed and no outgoing connection takes.
 //!
 //! Binding port 0 and closing the socket again gives a port from the kernel's ephemeral range,
 //! the range outgoing connections take their local ports from. Between that probe and the
@@ -11,10 +11,10 @@
 //! never claim the same port, and it drops the claim when the process exits, however it exits;
 //! there are no files to clean up.
 //!
-//! The node tests use this file as `common::ports`; the raft and delivery-daemon tests include
-//! it by path, so that all test processes share one set of claims.
-
-#![allow(dead_code)]
+//! Every test suite that starts servers (the node, the `riptide` binary, raft and the delivery
+//! daemon) takes its ports from this crate, a dev-dependency of each, so that all test
+//! processes share one set of claims. It depends on nothing but std (Linux: abstract Unix
+//! socket names).
 
 use std::net::TcpListener;
 use std::os::linux::net::SocketAddrExt;
@@ -88,4 +88,29 @@ fn seed() -> usize {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     (std::process::id() as usize).wrapping_mul(7_919) ^ nanos as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() {
+        let (eph_low, eph_high) = ephemeral_range();
+        let outside = |p: u16| (LOWEST..=HIGHEST).contains(&p) && (p < eph_low || p > eph_high);
+        let base = consecutive(3);
+        let single = free_port();
+        for p in [base, base + 1, base + 2, single] {
+            assert!(
+                outside(p),
+                "port {p} in the ephemeral range {eph_low}..={eph_high}"
+            );
+            // Claimed by this process: another claim of the same port fails.
+            assert!(claim(p).is_none(), "port {p} is not claimed");
+        }
+        assert!(
+            !(base..base + 3).contains(&single),
+            "{single} handed out twice"
+        );
+    }
 }
