@@ -4,7 +4,7 @@
 //! - [`node_store`]: [`NodeStore`], the RocksDB, its options and the reads and writes every
 //!   other part goes through; [`segment_recovery`]: what opening a store checks in the segments,
 //!   and the reclaiming of segments no group points into; [`format`]: the layout version.
-//! - [`segments`]: the segment files.
+//! - [`segments`]: the segment files; [`record_cache`]: the newest segment data, in memory.
 //! - [`stored_entry`]: how a log entry is kept in `raft_log` (whole, or a pointer).
 //! - [`log_writer`]: group commit; [`log_store`], [`state_machine`], [`snapshot`]: openraft's
 //!   storage traits per group; [`log_cache`]: each group's newest entries.
@@ -24,6 +24,7 @@ mod log_writer;
 mod node_store;
 #[cfg(test)]
 mod power_cut_tests;
+pub(crate) mod record_cache;
 mod segment_recovery;
 pub(crate) mod segments;
 pub(crate) mod snapshot;
@@ -38,6 +39,7 @@ pub(crate) use log_writer::LogWriter;
 pub use log_writer::WriterStats;
 pub(crate) use node_store::StoreInner;
 pub use node_store::{NodeStore, StoreClosed};
+pub use segments::RecordReads;
 pub(crate) use stored_entry::{ENTRY_INLINE, StoredEntry, encode_in_segment, encode_inline};
 
 use crate::error::StorageError;
@@ -122,7 +124,8 @@ impl Op {
     }
 }
 
-/// Default size of a node's cache of flushed entries ([`NodeStore::open_with`]).
+/// Default size of a node's record cache, the newest segment data kept in memory for readers
+/// ([`NodeStore::open_with`], [`record_cache`]).
 pub const DEFAULT_RECORD_CACHE_BYTES: usize = 512 << 20;
 
 /// Whether the log writer merges concurrent writes into one batch and one sync (the default),

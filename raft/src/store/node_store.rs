@@ -93,14 +93,15 @@ impl std::fmt::Debug for NodeStore {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the store in `dir` and starts its log writer, with a cache of
+    /// Opens (or creates) the store in `dir` and starts its log writer, with a record cache of
     /// [`DEFAULT_RECORD_CACHE_BYTES`].
     pub fn open(dir: &Path, group_commit: GroupCommit) -> Result<Self, StorageError> {
         Self::open_with(dir, group_commit, DEFAULT_RECORD_CACHE_BYTES)
     }
 
     /// Opens (or creates) the store in `dir` and starts its log writer. The newest
-    /// `record_cache_bytes` of log entries written to blob files stay in memory (0: none).
+    /// `record_cache_bytes` written to the segment files stay in memory for readers (0: none;
+    /// see [`super::record_cache`]).
     pub fn open_with(
         dir: &Path,
         group_commit: GroupCommit,
@@ -146,17 +147,13 @@ impl NodeStore {
 
         let mut block = BlockBasedOptions::default();
         block.set_block_size(16 << 10);
-        // Blob files are written with O_DIRECT, so unlike buffered writes they leave nothing in
-        // the page cache: without this cache a reader of entries flushed a moment ago (a
-        // consumer behind by a memtable or more) reads them from the disk.
-        let record_cache =
-            (record_cache_bytes > 0).then(|| rocksdb::Cache::new_lru_cache(record_cache_bytes));
         let families = Family::ALL.iter().map(|f| {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&block);
             match f {
-                // Log entries and shard entries are large values (a whole batch of records)
-                // under small keys. Values of at least `BLOB_MIN_BYTES` go to blob files when
+                // Log entries kept whole (those installed from a snapshot; the others are
+                // pointers into the segments) and shard entries are large values (a whole batch
+                // of records) under small keys. Values of at least `BLOB_MIN_BYTES` go to blob files when
                 // their memtable is flushed and stay there: compactions rewrite only the keys,
                 // so a record's bytes are written to an SST-side file once, not once per level.
                 // A blob file is deleted when no key refers to it any more (the log purged and
@@ -172,9 +169,6 @@ impl NodeStore {
                     cf_opts.set_min_blob_size(BLOB_MIN_BYTES);
                     cf_opts.set_blob_file_size(256 << 20);
                     cf_opts.set_enable_blob_gc(false);
-                    if let Some(cache) = &record_cache {
-                        cf_opts.set_blob_cache(cache);
-                    }
                     // Records are stored as sent: batches of random or already compressed
                     // data gain nothing, and CPU is what bounds the write path.
                     cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
@@ -186,17 +180,11 @@ impl NodeStore {
             ColumnFamilyDescriptor::new(f.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, families)?;
-        if record_cache.is_some() {
-            // Values written to blob files at a flush go into the cache as they are written
-            // (the Rust bindings have no setter for this option, only the options string).
-            for f in [Family::RaftLog, Family::Data(DataFamily::Records)] {
-                let cf = db
-                    .cf_handle(f.name())
-                    .expect("every column family is created when the store is opened");
-                db.set_options_cf(&cf, &[("prepopulate_blob_cache", "kFlushOnly")])?;
-            }
-        }
-        let segments = Arc::new(Segments::open(&dir.join("segments"), segment_bytes)?);
+        let segments = Arc::new(Segments::open(
+            &dir.join("segments"),
+            segment_bytes,
+            record_cache_bytes,
+        )?);
         let inner = Arc::new(StoreInner {
             db,
             path: dir.to_path_buf(),
@@ -311,6 +299,11 @@ impl NodeStore {
         }
     }
 
+    /// How reads of log entries' data found it since the store was opened.
+    pub fn record_reads(&self) -> super::RecordReads {
+        self.inner.segments.reads()
+    }
+
     /// Stops the log writer after it has written and synced everything queued.
     pub fn shutdown(&self) {
         self.writer.shutdown();
@@ -372,7 +365,8 @@ impl NodeStore {
         ro.set_iterate_upper_bound(to.to_vec());
         if family == Family::RaftLog {
             // A scan of old entries (a consumer reading a backlog, a follower catching up)
-            // would push the newest entries, which most readers want, out of the cache.
+            // would push the newest blocks of the log's index, which most readers want, out of
+            // the block cache.
             ro.fill_cache(false);
         }
         let it = self.inner.db.iterator_cf_opt(
@@ -454,47 +448,6 @@ mod tests {
             let want = if i < 5 { 3 } else { 2 };
             assert_eq!(value, vec![want; 8 << 10], "key {i}");
         }
-        store.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod blob_cache_tests {
-    use super::*;
-
-    fn blob_cache_usage(store: &NodeStore) -> u64 {
-        let cf = store.inner.cf(Family::RaftLog);
-        store
-            .inner
-            .db
-            .property_int_value_cf(cf, "rocksdb.blob-cache-usage")
-            .expect("property")
-            .expect("the log family has a blob cache")
-    }
-
-    /// Entries flushed to blob files stay readable from memory: the flush fills the cache.
-    #[test]
-    fn a_flush_puts_the_log_entries_it_writes_to_blob_files_in_the_cache() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = NodeStore::open_with(dir.path(), GroupCommit::On, 8 << 20).expect("opens");
-        let ops: Vec<Op> = (0..10)
-            .map(|i| {
-                Op::Put(
-                    Family::RaftLog,
-                    keys::log_key(GroupId(1), i).to_vec(),
-                    vec![7u8; 16 << 10],
-                )
-            })
-            .collect();
-        store.write_now(&ops).expect("write");
-        assert_eq!(blob_cache_usage(&store), 0, "nothing flushed yet");
-        let cf = store.inner.cf(Family::RaftLog);
-        store.inner.db.flush_cf(cf).expect("flush");
-        assert!(
-            blob_cache_usage(&store) >= 10 * (16 << 10),
-            "the flushed values are cached: {} bytes",
-            blob_cache_usage(&store)
-        );
         store.shutdown();
     }
 }
