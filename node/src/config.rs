@@ -176,8 +176,8 @@ pub struct NodeConfig {
     /// How often the controller's leader rebalances shard leaderships (to each stream's
     /// preferred leader region, then evenly over the usable nodes); 0 turns balancing off.
     pub leader_balance_interval_ms: u64,
-    /// MiB of the newest records written to the node's blob files that it keeps in memory, so
-    /// that consumers a little behind do not read them from the disk; 0 turns the cache off.
+    /// MiB of the newest records written to the node's segment files that it keeps in memory,
+    /// so that consumers a little behind do not read them from the disk; 0 turns the cache off.
     pub record_cache_mb: u64,
     pub limits: Limits,
     pub timing: Timing,

@@ -13,7 +13,9 @@ use crate::settings::{GroupSettings, TransportSettings};
 use crate::store::keys::{self, META_REGISTRATION};
 use crate::store::log_store::GroupLogStore;
 use crate::store::state_machine::{self, GroupStateMachine};
-use crate::store::{Family, GroupCommit, GroupView, NodeStore, Op, WriterStats, decode, encode};
+use crate::store::{
+    Family, GroupCommit, GroupView, NodeStore, Op, RecordReads, WriterStats, decode, encode,
+};
 use crate::transport::{GroupNetworkFactory, PeerPool, TransportHandler, TransportService};
 use crate::types::{GroupId, NodeId, Raft, StateMachine};
 
@@ -36,7 +38,8 @@ pub struct EngineConfig {
     /// it starts, so that a node's configured timeouts reach groups created before they were
     /// changed.
     pub settings_by_kind: HashMap<Vec<u8>, GroupSettings>,
-    /// Bytes of newly flushed log entries kept in memory for readers (0: none).
+    /// Bytes of the newest segment data (log entries' data) kept in memory for readers (0:
+    /// none).
     pub record_cache_bytes: usize,
 }
 
@@ -149,6 +152,12 @@ impl RaftEngine {
     /// Counters of the log writer.
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.store.writer.stats()
+    }
+
+    /// How reads of log entries' data found it since the node started: in the record cache or
+    /// in a segment file.
+    pub fn record_reads(&self) -> RecordReads {
+        self.inner.store.record_reads()
     }
 
     /// Why the store stopped accepting writes, if it did.

@@ -28,6 +28,7 @@ pub use error::{RaftError, StorageError};
 pub use group::{Group, GroupStatus, Role, WriteOutcome};
 pub use settings::{GroupSettings, HTTP2_MAX_FRAME_BYTES, TransportSettings};
 pub use store::{
-    DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, StoreClosed, WriterStats,
+    DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, RecordReads, StoreClosed,
+    WriterStats,
 };
 pub use types::{AppliedEntry, GroupId, NodeId, StateMachine};

@@ -339,7 +339,7 @@ mod tests {
     use super::*;
     use openraft::storage::IOFlushed;
 
-    use crate::store::{GroupBatch, GroupCommit, GroupView};
+    use crate::store::{GroupBatch, GroupCommit, GroupView, RecordReads};
     use crate::types::AppData;
 
     fn indexes(view: &GroupView) -> Vec<u64> {
@@ -502,6 +502,44 @@ mod tests {
         let mut l2 = GroupLogStore::new(store.clone(), g2, false, 0).expect("log store");
         assert_eq!(read(&mut l2, 21..41).await, want(21..41));
         store.shutdown();
+    }
+
+    /// Entries read back after they were synced (a follower catching up, openraft reading past
+    /// the log cache) come from the record cache when it is on, from the segment files when it
+    /// is off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn synced_entries_are_read_from_the_record_cache_when_it_is_on() {
+        for (cache, want) in [
+            (
+                8 << 20,
+                RecordReads {
+                    cache_hits: 50,
+                    file_reads: 0,
+                },
+            ),
+            (
+                0,
+                RecordReads {
+                    cache_hits: 0,
+                    file_reads: 50,
+                },
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = NodeStore::open_with(dir.path(), GroupCommit::On, cache).expect("open");
+            // No log cache: every read goes to the store.
+            let mut log = GroupLogStore::new(store.clone(), GroupId(1), true, 0).expect("log");
+            log.append(entries(1..=50, 8 << 10), IOFlushed::noop())
+                .await
+                .expect("append");
+            store.writer.write_durable(Vec::new()).await.expect("sync");
+            assert_eq!(
+                read(&mut log, 1..51).await,
+                (1..=50).map(|i| (i, 8 << 10)).collect::<Vec<_>>()
+            );
+            assert_eq!(store.record_reads(), want, "record cache of {cache} bytes");
+            store.shutdown();
+        }
     }
 
     /// Entries whose pointers reached the disk but whose data did not (possible only for

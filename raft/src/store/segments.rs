@@ -14,7 +14,9 @@
 //! partly filled block, written again by the next sync with what follows it) with O_DIRECT, so
 //! no page-cache page is filled (on the virtual machines this runs on, the first touch of each
 //! new page-cache page cost a third of the machine at 50 MB/s per node). Readers find bytes not
-//! yet written in the tail or a chunk, and the rest in the file.
+//! yet written in the tail or a chunk, bytes written recently in the record cache (the syncer
+//! copies each chunk there once it is synced, see [`super::record_cache`]), and the rest in the
+//! file.
 //!
 //! **Durability.** The log writer's sync first writes and syncs every segment appended to since
 //! its previous sync, then records how far that covered (a [`SyncMark`]) in the WAL and syncs the
@@ -41,12 +43,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::record_cache::RecordCache;
 use crate::error::StorageError;
 use crate::types::GroupId;
 
@@ -257,6 +260,19 @@ pub(crate) struct Segments {
     /// Snapshot builds in progress: while any runs, no segment is unlinked.
     pins: AtomicUsize,
     segment_bytes: u64,
+    /// The newest bytes written to the files.
+    cache: RecordCache,
+    /// Reads that went to a file.
+    file_reads: AtomicU64,
+}
+
+/// How [`Segments::read`] found the data it returned, counted since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordReads {
+    /// Reads answered from the record cache.
+    pub cache_hits: u64,
+    /// Reads of a segment file (the record cache did not hold the whole entry, or is off).
+    pub file_reads: u64,
 }
 
 impl std::fmt::Debug for Segments {
@@ -350,8 +366,13 @@ fn create_segment(dir: &Path, id: u64) -> io::Result<(File, File)> {
 }
 
 impl Segments {
-    /// Opens the segments in `dir` (creating it) and starts a new active segment after them.
-    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
+    /// Opens the segments in `dir` (creating it) and starts a new active segment after them,
+    /// with a record cache of `cache_bytes` (0: none).
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         super::dirs::create_dir_durable(dir)?;
         let mut files = BTreeMap::new();
         for item in std::fs::read_dir(dir)? {
@@ -386,6 +407,8 @@ impl Segments {
             files: RwLock::new(files),
             pins: AtomicUsize::new(0),
             segment_bytes,
+            cache: RecordCache::new(cache_bytes),
+            file_reads: AtomicU64::new(0),
         })
     }
 
@@ -478,6 +501,18 @@ impl Segments {
                 return check(ptr, chunk.copy(ptr));
             }
         }
+        if let Some(data) = self.cache.get(ptr.segment, ptr.offset, ptr.len as usize) {
+            match check(ptr, data) {
+                Ok(data) => return Ok(data),
+                // Cannot happen unless the cache is wrong: the file decides.
+                Err(e) => tracing::warn!(
+                    segment = ptr.segment,
+                    offset = ptr.offset,
+                    "record cache held bytes that fail the entry's check, reading the file: {e}"
+                ),
+            }
+        }
+        self.file_reads.fetch_add(1, Ordering::Relaxed);
         let file = self
             .files
             .read()
@@ -525,6 +560,13 @@ impl Segments {
         }
         for file in files {
             file.sync_data()?;
+        }
+        // Into the cache before the chunks go, so that readers find the bytes in memory
+        // throughout. No segment is unlinked meanwhile: that waits for a sync of its own, and
+        // syncs run one at a time.
+        for chunk in &chunks {
+            self.cache
+                .insert(chunk.segment, chunk.start, chunk.buf.held());
         }
         let mut active = self.lock();
         active
@@ -647,6 +689,7 @@ impl Segments {
     /// Unlinks the segments `ids`. Readers holding one of them open finish their read.
     pub(crate) fn unlink(&self, ids: &[u64]) -> Result<(), StorageError> {
         self.lock().chunks.retain(|c| !ids.contains(&c.segment));
+        self.cache.drop_segments(ids);
         for id in ids {
             self.files
                 .write()
@@ -662,6 +705,20 @@ impl Segments {
         Ok(())
     }
 
+    /// How reads found their data so far.
+    pub(crate) fn reads(&self) -> RecordReads {
+        RecordReads {
+            cache_hits: self.cache.hits(),
+            file_reads: self.file_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The record cache.
+    #[cfg(test)]
+    pub(crate) fn cache(&self) -> &RecordCache {
+        &self.cache
+    }
+
     /// Ids of the segments on disk, oldest first.
     #[cfg(test)]
     pub(crate) fn ids(&self) -> Vec<u64> {
@@ -675,164 +732,4 @@ impl Segments {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn data(byte: u8, len: usize) -> Bytes {
-        Bytes::from(vec![byte; len])
-    }
-
-    #[test]
-    fn appends_read_back_and_a_changed_byte_is_caught() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segs = Segments::open(dir.path(), 1 << 20).expect("open");
-        let (a, b) = (data(1, 1000), data(2, 9000));
-        let (ptrs, guard) = segs
-            .append(GroupId(1), &[(5, &a), (6, &b)])
-            .expect("append");
-        drop(guard);
-        assert_eq!(segs.read(&ptrs[0]).expect("read"), a);
-        assert_eq!(segs.read(&ptrs[1]).expect("read"), b);
-        assert_eq!(ptrs[1].offset, 1000);
-        segs.sync().expect("sync");
-        assert_eq!(segs.read(&ptrs[1]).expect("read from the file"), b);
-
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(segment_path(dir.path(), ptrs[1].segment))
-            .expect("open file");
-        file.write_all_at(&[9], 1500).expect("flip a byte");
-        assert!(matches!(
-            segs.read(&ptrs[1]),
-            Err(ReadError::Corrupt { .. })
-        ));
-        let past = Pointer {
-            offset: 10_000,
-            ..ptrs[0]
-        };
-        assert!(matches!(segs.read(&past), Err(ReadError::Corrupt { .. })));
-    }
-
-    /// Appends that end inside a block: the block is written again with each, and every
-    /// append reads back, before and after a reopen.
-    #[test]
-    fn appends_of_any_length_share_blocks_and_read_back() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segs = Segments::open(dir.path(), 1 << 30).expect("open");
-        let mut written = Vec::new();
-        for i in 0..60u32 {
-            let len = (i as usize * 977) % 9000 + 1;
-            let d = data(i as u8, len);
-            let (p, _) = segs
-                .append(GroupId(1), &[(u64::from(i), &d)])
-                .expect("append");
-            assert_eq!(segs.read(&p[0]).expect("read just after"), d);
-            written.push((p[0], d));
-            if i % 7 == 3 {
-                // Written to the file, the last block to be written again with what follows.
-                segs.sync().expect("sync");
-            }
-            if i % 5 == 0 {
-                for (p, d) in &written {
-                    assert_eq!(&segs.read(p).expect("read"), d, "before {i} was written");
-                }
-            }
-        }
-        for (p, d) in &written {
-            assert_eq!(&segs.read(p).expect("read"), d);
-        }
-        segs.sync().expect("sync");
-        drop(segs);
-        let segs = Segments::open(dir.path(), 1 << 30).expect("reopen");
-        for (p, d) in &written {
-            assert_eq!(&segs.read(p).expect("read after reopen"), d);
-        }
-    }
-
-    #[test]
-    fn a_full_segment_is_sealed_and_the_sync_mark_covers_what_was_written() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segs = Segments::open(dir.path(), 10_000).expect("open");
-        let d = data(3, 6000);
-        let (p1, _) = segs.append(GroupId(1), &[(1, &d)]).expect("append");
-        let (p2, _) = segs.append(GroupId(1), &[(2, &d)]).expect("append");
-        assert_eq!(p2[0].segment, p1[0].segment + 1, "sealed at 10,000 bytes");
-        let mark = segs.sync().expect("sync");
-        assert!(mark.covers(&p1[0]) && mark.covers(&p2[0]));
-        let (p3, _) = segs.append(GroupId(1), &[(3, &d)]).expect("append");
-        assert!(!mark.covers(&p3[0]));
-        assert!(segs.sync().expect("sync").covers(&p3[0]));
-        drop(segs);
-        // Reopened: the old segments are readable, new appends go to a new one.
-        let segs = Segments::open(dir.path(), 10_000).expect("reopen");
-        assert_eq!(segs.read(&p3[0]).expect("read"), d);
-        let (p4, _) = segs.append(GroupId(1), &[(4, &d)]).expect("append");
-        assert_eq!(p4[0].segment, p3[0].segment + 1);
-    }
-
-    #[test]
-    fn only_segments_older_than_every_groups_first_pointer_are_garbage() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segs = Arc::new(Segments::open(dir.path(), 1000).expect("open"));
-        let d = data(4, 800);
-        let mut seg_of = HashMap::new();
-        for i in 1..=4u64 {
-            for g in [GroupId(1), GroupId(2)] {
-                let (p, _) = segs.append(g, &[(i, &d)]).expect("append");
-                seg_of.insert((g, i), p[0].segment);
-            }
-        }
-        // One entry per segment, the groups' entries alternating.
-        assert_eq!(seg_of[&(GroupId(2), 1)], seg_of[&(GroupId(1), 1)] + 1);
-        assert!(segs.garbage().is_empty());
-        // Group 1 deleted up to 3: its first pointer is now index 4.
-        let scan = segs.begin_rescan(GroupId(1));
-        assert_eq!(scan.from, 1);
-        segs.finish_rescan(scan, Some((4, seg_of[&(GroupId(1), 4)])));
-        assert_eq!(
-            segs.garbage(),
-            vec![seg_of[&(GroupId(1), 1)]],
-            "group 2's first entry is in the second segment"
-        );
-        let scan = segs.begin_rescan(GroupId(2));
-        segs.finish_rescan(scan, Some((3, seg_of[&(GroupId(2), 3)])));
-        let garbage = segs.garbage();
-        assert_eq!(
-            garbage,
-            (seg_of[&(GroupId(1), 1)]..seg_of[&(GroupId(2), 3)]).collect::<Vec<_>>()
-        );
-        let pin = segs.pin();
-        assert!(segs.pinned());
-        drop(pin);
-        segs.sync().expect("sync");
-        segs.unlink(&garbage).expect("unlink");
-        assert!(matches!(
-            segs.read(&Pointer {
-                segment: garbage[0],
-                offset: 0,
-                len: 1,
-                crc: 0
-            }),
-            Err(ReadError::Gone(_))
-        ));
-        assert!(!segment_path(dir.path(), garbage[0]).exists());
-    }
-
-    #[test]
-    fn a_rescan_keeps_what_appends_racing_with_it_wrote() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segs = Segments::open(dir.path(), 1000).expect("open");
-        let d = data(5, 800);
-        let (p1, _) = segs.append(GroupId(1), &[(1, &d)]).expect("append");
-        // An append in flight (pointer not yet in RocksDB) when the scan begins...
-        let (p2, inflight) = segs.append(GroupId(1), &[(2, &d)]).expect("append");
-        let scan = segs.begin_rescan(GroupId(1));
-        drop(inflight);
-        // ...and another one during the scan, after a rotation.
-        segs.append(GroupId(1), &[(3, &d)]).expect("append");
-        // The scan saw none of them (say entry 1 was deleted and 2's pointer was not visible).
-        segs.finish_rescan(scan, None);
-        assert_eq!(segs.group_first(GroupId(1)), Some(p2[0].segment));
-        assert_eq!(segs.garbage(), vec![p1[0].segment]);
-    }
-}
+mod tests;
