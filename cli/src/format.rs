@@ -375,6 +375,7 @@ mod tests {
                     draining: false,
                     since_last_answer_ms: Some(0),
                     leading_groups: vec![1, 2, 3],
+                    storage_failure: String::new(),
                 },
                 v1::NodeStatus {
                     node_id: 2,

@@ -56,12 +56,11 @@ mod subscription;
 pub use batching::{MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL};
 pub use client::{Client, ClientConfig, Created, PutResult, StreamOptions};
 pub use consumer::Consumer;
-pub use error::ClientError;
+pub use error::{ClientError, ClientErrorKind};
 pub use position::StartingPosition;
 pub use producer::{Acks, Producer, ProducerConfig, ProducerStats, TaggedAck};
+/// Metadata header a node adds to a response it had to forward: the node that served the call
+/// (for a shard's call, the shard's leader), by address or id.
+pub use riptide_proto::FORWARDED_TO_HEADER;
 pub use riptide_proto::v1;
 pub use riptide_proto::{ErrorCode, SequenceNumber, ShardId};
-
-/// Metadata header a node adds to a response it had to forward: the id of the node that
-/// served the call (for a shard's call, the shard's leader).
-pub const FORWARDED_TO_HEADER: &str = "x-riptide-forwarded-to";

@@ -86,7 +86,7 @@ fn open_channel(
 ) -> Result<NodeHandle, ClientError> {
     let uri = endpoint_uri(endpoint);
     let channel = Endpoint::from_shared(uri.clone())
-        .map_err(|e| ClientError::invalid(format!("endpoint {endpoint:?} is not a URI: {e}")))?
+        .map_err(|e| ClientError::invalid("endpoints", format!("{endpoint:?} is not a URI: {e}")))?
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(settings.keepalive_interval)
@@ -126,7 +126,8 @@ impl NodePool {
     pub fn new(endpoints: &[String], settings: ChannelSettings) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::invalid(
-                "endpoints: at least one node address is needed",
+                "endpoints",
+                "at least one node address is needed",
             ));
         }
         let seeds = endpoints

@@ -75,14 +75,15 @@ impl FromStr for StartingPosition {
     /// command-line form).
     fn from_str(s: &str) -> Result<Self, ClientError> {
         let bad = || {
-            ClientError::invalid(format!(
-                "starting position must be trim-horizon, latest, at:SEQ, after:SEQ or \
-                 timestamp:MS, got {s:?}"
-            ))
+            ClientError::invalid(
+                "starting_position",
+                format!(
+                    "must be trim-horizon, latest, at:SEQ, after:SEQ or timestamp:MS, got {s:?}"
+                ),
+            )
         };
         let seq = |v: &str| {
-            SequenceNumber::parse(v, "starting_sequence_number")
-                .map_err(|e| ClientError::invalid(e.to_string()))
+            SequenceNumber::parse(v, "starting_sequence_number").map_err(ClientError::from)
         };
         match s.split_once(':') {
             None => match s.to_ascii_lowercase().replace('_', "-").as_str() {
@@ -97,9 +98,10 @@ impl FromStr for StartingPosition {
                     .parse()
                     .map(StartingPosition::AtTimestamp)
                     .map_err(|_| {
-                        ClientError::invalid(format!(
-                            "timestamp_ms: must be milliseconds since the epoch, got {value:?}"
-                        ))
+                        ClientError::invalid(
+                            "timestamp_ms",
+                            format!("must be milliseconds since the epoch, got {value:?}"),
+                        )
                     }),
                 _ => Err(bad()),
             },

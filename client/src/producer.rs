@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use riptide_proto::ShardId;
 use riptide_proto::v1::PutRecordsEntry;
-use riptide_proto::{ErrorCode, ShardId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -203,7 +203,7 @@ fn entry(partition_key: impl Into<String>, data: impl Into<Bytes>) -> PutRecords
 }
 
 fn closed() -> ClientError {
-    ClientError::new(ErrorCode::Internal, "the producer is closed")
+    ClientError::producer_closed()
 }
 
 /// A batching writer to one stream. Made by [`Client::producer`].
@@ -317,9 +317,9 @@ impl Producer {
         tag: u64,
     ) -> Result<(), ClientError> {
         if !self.tagged {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                "send_tagged: this producer has no Acks to answer to; make it with \
+            return Err(ClientError::invalid(
+                "send_tagged",
+                "this producer has no Acks to answer to; make it with \
                  Client::producer_with_acks",
             ));
         }

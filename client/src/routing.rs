@@ -88,8 +88,7 @@ impl ShardMap {
         explicit_hash_key: Option<&str>,
     ) -> Result<Option<&ShardRoute>, ClientError> {
         let key = match explicit_hash_key {
-            Some(k) => parse_hash_key(k, "explicit_hash_key")
-                .map_err(|e| ClientError::invalid(e.to_string()))?,
+            Some(k) => parse_hash_key(k, "explicit_hash_key").map_err(ClientError::from)?,
             None => hash_key_of(partition_key),
         };
         Ok(self.shard_for_hash(key))

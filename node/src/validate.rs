@@ -1,8 +1,6 @@
 //! Checks of request fields against Kinesis's limits. Pure functions: each error names the
 //! field and the limit.
 
-use riptide_proto::ErrorCode;
-
 use crate::error::ServiceError;
 
 /// Longest partition key, in characters.
@@ -32,12 +30,9 @@ pub const MAX_TAG_KEYS_PER_CALL: usize = 50;
 fn tag_key(field: &str, key: &str) -> Result<(), ServiceError> {
     let chars = key.chars().count();
     if chars == 0 || chars > MAX_TAG_KEY_CHARS {
-        return Err(ServiceError::new(
-            ErrorCode::Validation,
-            format!(
-                "{field}: tag key {key:?} must be 1 to {MAX_TAG_KEY_CHARS} characters, got {chars}"
-            ),
-        ));
+        return Err(ServiceError::Validation(format!(
+            "{field}: tag key {key:?} must be 1 to {MAX_TAG_KEY_CHARS} characters, got {chars}"
+        )));
     }
     Ok(())
 }
@@ -49,21 +44,17 @@ pub fn tags<'a>(
     tags: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
 ) -> Result<(), ServiceError> {
     if tags.len() == 0 {
-        return Err(ServiceError::new(
-            ErrorCode::Validation,
-            format!("{field}: must hold at least 1 tag"),
-        ));
+        return Err(ServiceError::Validation(format!(
+            "{field}: must hold at least 1 tag"
+        )));
     }
     for (k, v) in tags {
         tag_key(field, k)?;
         let chars = v.chars().count();
         if chars > MAX_TAG_VALUE_CHARS {
-            return Err(ServiceError::new(
-                ErrorCode::Validation,
-                format!(
-                    "{field}: value of tag {k:?} must be at most {MAX_TAG_VALUE_CHARS} characters, got {chars}"
-                ),
-            ));
+            return Err(ServiceError::Validation(format!(
+                "{field}: value of tag {k:?} must be at most {MAX_TAG_VALUE_CHARS} characters, got {chars}"
+            )));
         }
     }
     Ok(())
@@ -72,34 +63,32 @@ pub fn tags<'a>(
 /// Checks tag keys to remove: 1 to 50 keys of 1 to 128 characters.
 pub fn tag_keys(field: &str, keys: &[String]) -> Result<(), ServiceError> {
     if keys.is_empty() || keys.len() > MAX_TAG_KEYS_PER_CALL {
-        return Err(ServiceError::new(
-            ErrorCode::Validation,
-            format!(
-                "{field}: must hold 1 to {MAX_TAG_KEYS_PER_CALL} tag keys, got {}",
-                keys.len()
-            ),
-        ));
+        return Err(ServiceError::Validation(format!(
+            "{field}: must hold 1 to {MAX_TAG_KEYS_PER_CALL} tag keys, got {}",
+            keys.len()
+        )));
     }
     keys.iter().try_for_each(|k| tag_key(field, k))
 }
 
-/// Checks one record; `field` is its place in the request, e.g. `records[3]`.
-pub fn record(
-    field: impl std::fmt::Display,
-    partition_key: &str,
-    data_len: usize,
-) -> Result<(), ServiceError> {
+/// Checks one record (its fields are named on their own: the caller puts the record's place
+/// in the request in front, with [`ServiceError::in_field`]).
+pub fn record(partition_key: &str, data_len: usize) -> Result<(), ServiceError> {
     let chars = partition_key.chars().count();
     if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
-        return Err(ServiceError::invalid(format!(
-            "{field}partition_key: must be 1 to {MAX_PARTITION_KEY_CHARS} characters, got {chars}"
-        )));
+        return Err(ServiceError::invalid(
+            "partition_key",
+            format!("must be 1 to {MAX_PARTITION_KEY_CHARS} characters, got {chars}"),
+        ));
     }
     let size = data_len + partition_key.len();
     if size > MAX_RECORD_BYTES {
-        return Err(ServiceError::invalid(format!(
-            "{field}data: record of {size} bytes (data plus partition key) is over the limit of {MAX_RECORD_BYTES} bytes (1 MiB)"
-        )));
+        return Err(ServiceError::invalid(
+            "data",
+            format!(
+                "record of {size} bytes (data plus partition key) is over the limit of {MAX_RECORD_BYTES} bytes (1 MiB)"
+            ),
+        ));
     }
     Ok(())
 }
@@ -107,14 +96,18 @@ pub fn record(
 /// Checks the size of a PutRecords call: 1 to 500 records, at most 5 MiB in all.
 pub fn put_records(count: usize, total_bytes: usize) -> Result<(), ServiceError> {
     if count == 0 || count > MAX_PUT_RECORDS {
-        return Err(ServiceError::invalid(format!(
-            "records: must hold 1 to {MAX_PUT_RECORDS} records, got {count}"
-        )));
+        return Err(ServiceError::invalid(
+            "records",
+            format!("must hold 1 to {MAX_PUT_RECORDS} records, got {count}"),
+        ));
     }
     if total_bytes > MAX_PUT_RECORDS_BYTES {
-        return Err(ServiceError::invalid(format!(
-            "records: {total_bytes} bytes in all is over the limit of {MAX_PUT_RECORDS_BYTES} bytes (5 MiB) per call"
-        )));
+        return Err(ServiceError::invalid(
+            "records",
+            format!(
+                "{total_bytes} bytes in all is over the limit of {MAX_PUT_RECORDS_BYTES} bytes (5 MiB) per call"
+            ),
+        ));
     }
     Ok(())
 }
@@ -125,9 +118,10 @@ pub fn retention(field: &str, hours: u32, zero_is_default: bool) -> Result<u32, 
         return Ok(DEFAULT_RETENTION_HOURS);
     }
     if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
-        return Err(ServiceError::invalid(format!(
-            "{field}: must be {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours, got {hours}"
-        )));
+        return Err(ServiceError::invalid(
+            field,
+            format!("must be {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours, got {hours}"),
+        ));
     }
     Ok(hours)
 }
@@ -135,9 +129,10 @@ pub fn retention(field: &str, hours: u32, zero_is_default: bool) -> Result<u32, 
 /// The shard count of a new stream.
 pub fn shard_count(count: u32, max: u32) -> Result<(), ServiceError> {
     if count == 0 || count > max {
-        return Err(ServiceError::invalid(format!(
-            "shard_count: must be 1 to {max} (limits.max_shards_per_stream), got {count}"
-        )));
+        return Err(ServiceError::invalid(
+            "shard_count",
+            format!("must be 1 to {max} (limits.max_shards_per_stream), got {count}"),
+        ));
     }
     Ok(())
 }
@@ -147,48 +142,49 @@ pub fn get_limit(limit: u32) -> Result<usize, ServiceError> {
     match limit {
         0 => Ok(MAX_GET_RECORDS as usize),
         l if l <= MAX_GET_RECORDS => Ok(l as usize),
-        l => Err(ServiceError::invalid(format!(
-            "limit: must be 1 to {MAX_GET_RECORDS}, got {l}"
-        ))),
+        l => Err(ServiceError::invalid(
+            "limit",
+            format!("must be 1 to {MAX_GET_RECORDS}, got {l}"),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riptide_proto::ErrorCode;
     use std::collections::BTreeMap;
 
     #[test]
     fn limits_hold_at_their_edges() {
-        assert!(record("", &"k".repeat(256), 10).is_ok());
-        let e = record("records[2].", &"k".repeat(257), 10).expect_err("must be refused");
-        assert_eq!(e.code, ErrorCode::InvalidArgument);
-        assert!(e.message.contains("records[2].partition_key") && e.message.contains("256"));
+        assert!(record(&"k".repeat(256), 10).is_ok());
+        let e = record(&"k".repeat(257), 10).expect_err("must be refused");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
         assert!(
-            record("", "", 1)
-                .expect_err("must be refused")
-                .message
-                .contains("partition_key")
+            matches!(&e, ServiceError::InvalidArgument { field, .. } if field == "partition_key")
         );
-        assert!(record("", "k", MAX_RECORD_BYTES - 1).is_ok());
+        assert!(e.to_string().contains("256"));
         assert!(
-            record("", "k", MAX_RECORD_BYTES)
+            record("", 1)
                 .expect_err("must be refused")
-                .message
-                .contains("1 MiB")
+                .to_string()
+                .starts_with("partition_key")
         );
+        assert!(record("k", MAX_RECORD_BYTES - 1).is_ok());
+        let e = record("k", MAX_RECORD_BYTES).expect_err("must be refused");
+        assert!(e.to_string().starts_with("data") && e.to_string().contains("1 MiB"));
         assert!(put_records(500, MAX_PUT_RECORDS_BYTES).is_ok());
         assert!(
             put_records(501, 1)
                 .expect_err("must be refused")
-                .message
+                .to_string()
                 .contains("500")
         );
         assert!(put_records(0, 0).is_err());
         assert!(
             put_records(1, MAX_PUT_RECORDS_BYTES + 1)
                 .expect_err("must be refused")
-                .message
+                .to_string()
                 .contains("5 MiB")
         );
         assert_eq!(retention("r", 0, true), Ok(24));
@@ -196,14 +192,14 @@ mod tests {
         assert!(
             retention("r", 8761, true)
                 .expect_err("must be refused")
-                .message
+                .to_string()
                 .contains("8760")
         );
         assert!(shard_count(0, 10).is_err());
         assert!(
             shard_count(11, 10)
                 .expect_err("must be refused")
-                .message
+                .to_string()
                 .contains("max_shards_per_stream")
         );
         assert_eq!(get_limit(0), Ok(10_000));
@@ -216,15 +212,15 @@ mod tests {
         assert!(tags("tags", one(&"k".repeat(128), &"v".repeat(256)).iter()).is_ok());
         assert!(tags("tags", one("k", "").iter()).is_ok());
         let e = tags("tags", one(&"k".repeat(129), "v").iter()).expect_err("long key");
-        assert_eq!(e.code, ErrorCode::Validation);
-        assert!(e.message.contains("tags") && e.message.contains("128"));
+        assert_eq!(e.code(), ErrorCode::Validation);
+        assert!(e.to_string().contains("tags") && e.to_string().contains("128"));
         let e = tags("tags", one("k", &"v".repeat(257)).iter()).expect_err("long value");
-        assert!(e.message.contains("256"));
+        assert!(e.to_string().contains("256"));
         assert!(tags("tags", one("", "v").iter()).is_err());
         assert!(tags("tags", BTreeMap::new().iter()).is_err());
         assert!(tag_keys("tag_keys", &["a".into()]).is_ok());
         assert!(tag_keys("tag_keys", &[]).is_err());
         let e = tag_keys("tag_keys", &vec!["a".to_string(); 51]).expect_err("51 keys");
-        assert!(e.message.contains("tag_keys") && e.message.contains("50"));
+        assert!(e.to_string().contains("tag_keys") && e.to_string().contains("50"));
     }
 }

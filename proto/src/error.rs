@@ -4,9 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// gRPC metadata key that carries the [`ErrorCode`] name on every error status, so that a
-/// client recovers the exact code even where two codes share a gRPC status.
-pub const ERROR_CODE_HEADER: &str = "x-riptide-error-code";
+pub use crate::headers::ERROR_CODE_HEADER;
 
 /// What went wrong, as every API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

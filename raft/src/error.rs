@@ -27,6 +27,14 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the store is poisoned: a write or sync failed, so it takes no more writes and
+    /// every group of the node stops. The node must be restarted (on repaired storage); no
+    /// retry on this node can succeed. Every other storage error is fatal to the call (and
+    /// usually to its group) too, but says nothing about later writes.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, StorageError::Poisoned(_))
+    }
+
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
         Self::Corrupt {
             what: what.into(),
@@ -42,6 +50,23 @@ impl From<StorageError> for std::io::Error {
             other => std::io::Error::other(other),
         }
     }
+}
+
+/// What a caller can do about a [`RaftError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftErrorKind {
+    /// Transient: the same call may succeed later, or on the group's leader (this node does
+    /// not lead, an election or a membership change is under way, a timeout, the transport).
+    /// A write refused with [`RaftError::Discarded`] is retryable too, but its first attempt
+    /// may have been committed.
+    Retryable,
+    /// The call does not fit the group as it is (it exists already, it is not hosted here, a
+    /// refused membership change, invalid settings): repeating it fails the same way.
+    Refused,
+    /// The group or the node's storage stopped (a failed write or sync poisons the store,
+    /// data is corrupt, the engine shut down): nothing on this node succeeds again until it
+    /// is restarted.
+    Fatal,
 }
 
 /// Errors of the engine's public API.
@@ -77,4 +102,68 @@ pub enum RaftError {
     Storage(#[from] StorageError),
     #[error("transport: {0}")]
     Transport(String),
+}
+
+impl RaftError {
+    /// Whether the caller may retry, must change the call, or must give this node up.
+    pub fn kind(&self) -> RaftErrorKind {
+        match self {
+            RaftError::NotLeader { .. }
+            | RaftError::Discarded { .. }
+            | RaftError::MembershipChangeInProgress { .. }
+            | RaftError::Timeout { .. }
+            | RaftError::Transport(_) => RaftErrorKind::Retryable,
+            RaftError::GroupNotFound(_)
+            | RaftError::GroupExists(_)
+            | RaftError::MembershipChange { .. }
+            | RaftError::InvalidSettings { .. } => RaftErrorKind::Refused,
+            RaftError::Stopped { .. } | RaftError::Storage(_) => RaftErrorKind::Fatal,
+        }
+    }
+
+    /// Whether the same call may succeed later ([`RaftErrorKind::Retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == RaftErrorKind::Retryable
+    }
+
+    /// Whether this node can no longer serve the group, or anything ([`RaftErrorKind::Fatal`]).
+    pub fn is_fatal(&self) -> bool {
+        self.kind() == RaftErrorKind::Fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_split_into_retryable_refused_and_fatal() {
+        let g = GroupId(7);
+        let retryable = [
+            RaftError::NotLeader {
+                group: g,
+                leader_hint: Some(NodeId(2)),
+                leader_addr: None,
+            },
+            RaftError::Discarded { group: g },
+            RaftError::Timeout {
+                group: g,
+                what: "election".into(),
+            },
+            RaftError::Transport("reset".into()),
+        ];
+        assert!(retryable.iter().all(RaftError::is_retryable));
+        assert!(retryable.iter().all(|e| !e.is_fatal()));
+        let refused = [RaftError::GroupExists(g), RaftError::GroupNotFound(g)];
+        assert!(refused.iter().all(|e| e.kind() == RaftErrorKind::Refused));
+        let poisoned = RaftError::Storage(StorageError::Poisoned("sync failed".into()));
+        assert!(poisoned.is_fatal() && !poisoned.is_retryable());
+        assert!(StorageError::Poisoned("x".into()).is_poisoned());
+        assert!(!StorageError::Closed.is_poisoned());
+        let stopped = RaftError::Stopped {
+            group: g,
+            reason: "storage error".into(),
+        };
+        assert!(stopped.is_fatal());
+    }
 }

@@ -24,7 +24,7 @@ pub mod transport;
 mod types;
 
 pub use engine::{EngineConfig, RaftEngine, StateMachineFactory};
-pub use error::{RaftError, StorageError};
+pub use error::{RaftError, RaftErrorKind, StorageError};
 pub use group::{Group, GroupStatus, Role, WriteOutcome};
 pub use settings::{GroupSettings, HTTP2_MAX_FRAME_BYTES, TransportSettings};
 pub use store::{

@@ -8,6 +8,38 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Replicas each shard gets in a cluster of at least this many nodes.
+pub const REPLICATION: usize = 3;
+
+/// How many replicas each new shard gets: [`REPLICATION`], or as many as the controller has
+/// voters when it has fewer (a cluster started with one or two nodes).
+pub fn replicas_per_shard(controller_voters: usize) -> usize {
+    REPLICATION.min(controller_voters)
+}
+
+/// Too few nodes have registered to place new shards with the replicas they should get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooFewNodes {
+    pub registered: usize,
+    pub wanted: usize,
+}
+
+/// Whether `registered` nodes are enough to place new shards in a cluster whose controller has
+/// `controller_voters` voters; the replicas per shard when they are. A cluster that is starting
+/// has nodes that have not registered yet: placing then would give every shard fewer replicas
+/// than the cluster will have, for good (repair moves replicas, it does not add them). The
+/// controller's voters are nodes the cluster was started with.
+pub fn replicas_for_new_shards(
+    registered: usize,
+    controller_voters: usize,
+) -> Result<usize, TooFewNodes> {
+    let wanted = replicas_per_shard(controller_voters);
+    if registered < wanted {
+        return Err(TooFewNodes { registered, wanted });
+    }
+    Ok(wanted)
+}
+
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -91,6 +123,29 @@ pub fn replacement<'a>(candidates: &'a [Candidate], keep: &[&Candidate]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_get_three_replicas_or_one_per_controller_voter() {
+        assert_eq!(replicas_per_shard(5), 3);
+        assert_eq!(replicas_per_shard(3), 3);
+        assert_eq!(replicas_per_shard(1), 1);
+        assert_eq!(replicas_for_new_shards(6, 3), Ok(3));
+        assert_eq!(replicas_for_new_shards(1, 1), Ok(1));
+        assert_eq!(
+            replicas_for_new_shards(2, 3),
+            Err(TooFewNodes {
+                registered: 2,
+                wanted: 3
+            })
+        );
+        assert_eq!(
+            replicas_for_new_shards(0, 1),
+            Err(TooFewNodes {
+                registered: 0,
+                wanted: 1
+            })
+        );
+    }
 
     fn node(id: u64, region: &str, zone: &str) -> Candidate {
         Candidate {

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use riptide_proto::v1;
-use riptide_proto::{ErrorCode, SequenceNumber, ShardId};
+use riptide_proto::{SequenceNumber, ShardId};
 
 use super::arn::{self, Resource};
 use super::value::{Obj, Value};
 use crate::controller::{ShardInfo, StreamInfo, StreamMode, StreamStatus};
 use crate::error::ServiceError;
+use crate::server::core::paging::{self, decode_token, encode_token};
 use crate::server::core::{Core, RetentionChange};
 use crate::validate;
 
@@ -95,12 +96,12 @@ pub struct Ctx<'a> {
     pub region: &'a str,
 }
 
-fn invalid(message: String) -> ServiceError {
-    ServiceError::invalid(message)
+fn invalid(field: &str, reason: String) -> ServiceError {
+    ServiceError::invalid(field, reason)
 }
 
 fn unsupported(message: String) -> ServiceError {
-    ServiceError::new(ErrorCode::Unsupported, message)
+    ServiceError::Unsupported(message)
 }
 
 /// Runs `action` on `req`.
@@ -178,16 +179,15 @@ pub async fn run(ctx: &Ctx<'_>, action: &str, req: &Obj<'_>) -> Result<Value, Se
             Some((a, what)) => Err(unsupported(format!(
                 "{a} is not yet supported by Riptide ({what} will come in a later release)"
             ))),
-            None => Err(ServiceError::new(
-                ErrorCode::UnknownOperation,
-                format!("X-Amz-Target: Kinesis_20131202 has no operation named {other:?}"),
-            )),
+            None => Err(ServiceError::UnknownOperation(format!(
+                "X-Amz-Target: Kinesis_20131202 has no operation named {other:?}"
+            ))),
         },
     }
 }
 
 fn validation(message: String) -> ServiceError {
-    ServiceError::new(ErrorCode::Validation, message)
+    ServiceError::Validation(message)
 }
 
 /// The stream a request names, by StreamName, StreamARN or both (then they must agree).
@@ -198,9 +198,10 @@ fn stream_name(req: &Obj<'_>) -> Result<String, ServiceError> {
         .map(|a| arn_stream("StreamARN", a))
         .transpose()?;
     match (name, from_arn) {
-        (Some(n), Some(a)) if n != a => Err(invalid(format!(
-            "StreamARN: names stream {a:?} but StreamName names {n:?}"
-        ))),
+        (Some(n), Some(a)) if n != a => Err(invalid(
+            "StreamARN",
+            format!("names stream {a:?} but StreamName names {n:?}"),
+        )),
         (Some(n), _) => Ok(n.to_string()),
         (None, Some(a)) => Ok(a),
         (None, None) => Err(validation(
@@ -354,7 +355,7 @@ fn describe_stream(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> 
         .opt_str("ExclusiveStartShardId")?
         .map(|s| s.parse::<ShardId>())
         .transpose()?;
-    let (shards, more) = Core::shards_page(&info, after, limit as usize);
+    let (shards, more) = paging::shards_page(&info, after, limit as usize);
     Ok(Value::map([(
         "StreamDescription",
         Value::map([
@@ -404,43 +405,6 @@ fn describe_stream_summary(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, Servic
     )]))
 }
 
-/// Continuation tokens of the listings: opaque to clients, base64 of `kind`, the stream and the
-/// last name or shard returned.
-mod token {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-    use crate::error::ServiceError;
-
-    pub fn encode(kind: &str, parts: &[&str]) -> String {
-        let mut text = kind.to_string();
-        for p in parts {
-            text.push('\n');
-            text.push_str(p);
-        }
-        URL_SAFE_NO_PAD.encode(text)
-    }
-
-    pub fn decode(kind: &str, token: &str, n: usize) -> Result<Vec<String>, ServiceError> {
-        let bad = || {
-            ServiceError::invalid(format!(
-                "NextToken: not a token this call returned: {token:?}"
-            ))
-        };
-        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-        let text = String::from_utf8(raw).map_err(|_| bad())?;
-        let mut parts = text.split('\n');
-        if parts.next() != Some(kind) {
-            return Err(bad());
-        }
-        let out: Vec<String> = parts.map(str::to_string).collect();
-        if out.len() != n {
-            return Err(bad());
-        }
-        Ok(out)
-    }
-}
-
 fn list_streams(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     let limit = req.opt_int("Limit", 1, 10_000)?.map(to_u32).unwrap_or(0);
     let start = match (
@@ -449,10 +413,11 @@ fn list_streams(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     ) {
         (Some(_), Some(_)) => {
             return Err(invalid(
-                "NextToken: cannot be combined with ExclusiveStartStreamName".into(),
+                "NextToken",
+                "cannot be combined with ExclusiveStartStreamName".into(),
             ));
         }
-        (Some(t), None) => token::decode("streams", t, 1)?.remove(0),
+        (Some(t), None) => decode_token("streams", t, 1)?.remove(0),
         (None, Some(s)) => s.to_string(),
         (None, None) => String::new(),
     };
@@ -492,7 +457,7 @@ fn list_streams(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     if let (true, Some(last)) = (more, streams.last()) {
         out.push((
             "NextToken",
-            Value::text(token::encode("streams", &[&last.name])),
+            Value::text(encode_token("streams", &[&last.name])),
         ));
     }
     Ok(Value::Map(
@@ -519,19 +484,22 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     // and a start position is combined with the token's.
     let (info, mut after) = match req.opt_str("NextToken")? {
         Some(t) => {
-            let parts = token::decode("shards", t, 3)?;
+            let parts = decode_token("shards", t, 3)?;
             if let Some(n) = named.as_ref().filter(|n| **n != parts[0]) {
-                return Err(invalid(format!(
-                    "NextToken: continues a listing of stream {:?}, not of {n:?}",
-                    parts[0]
-                )));
+                return Err(invalid(
+                    "NextToken",
+                    format!("continues a listing of stream {:?}, not of {n:?}", parts[0]),
+                ));
             }
             let info = ctx.core.stream(&parts[0])?;
             if parts[1] != info.created_ms.to_string() {
-                return Err(ServiceError::not_found(format!(
-                    "NextToken: stream {:?} was deleted after the token was issued",
-                    info.name
-                )));
+                return Err(ServiceError::not_found(
+                    "NextToken",
+                    format!(
+                        "stream {:?} was deleted after the token was issued",
+                        info.name
+                    ),
+                ));
             }
             let from_token = parts[2].parse::<ShardId>()?;
             (
@@ -549,10 +517,13 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     if let Some(ts) = req.opt_timestamp("StreamCreationTimestamp")?
         && ts / 1000 != info.created_ms / 1000
     {
-        return Err(ServiceError::not_found(format!(
-            "StreamCreationTimestamp: stream {:?} was created at {} ms, not {ts} ms",
-            info.name, info.created_ms
-        )));
+        return Err(ServiceError::not_found(
+            "StreamCreationTimestamp",
+            format!(
+                "stream {:?} was created at {} ms, not {ts} ms",
+                info.name, info.created_ms
+            ),
+        ));
     }
     if let Some(f) = filter {
         // Every shard is open and has been since the stream was created, so only AFTER_SHARD_ID
@@ -560,7 +531,10 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
         match f.str("Type")? {
             "AFTER_SHARD_ID" => {
                 let id = f.opt_str("ShardId")?.ok_or_else(|| {
-                    invalid("ShardFilter.ShardId: required when Type is AFTER_SHARD_ID".into())
+                    invalid(
+                        "ShardFilter.ShardId",
+                        "required when Type is AFTER_SHARD_ID".into(),
+                    )
                 })?;
                 let id = id.parse::<ShardId>()?;
                 after = Some(after.map_or(id, |a| a.max(id)));
@@ -568,7 +542,10 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
             "AT_TRIM_HORIZON" | "FROM_TRIM_HORIZON" | "AT_LATEST" => {}
             "AT_TIMESTAMP" | "FROM_TIMESTAMP" => {
                 f.opt_timestamp("Timestamp")?.ok_or_else(|| {
-                    invalid("ShardFilter.Timestamp: required when Type is AT_TIMESTAMP or FROM_TIMESTAMP".into())
+                    invalid(
+                        "ShardFilter.Timestamp",
+                        "required when Type is AT_TIMESTAMP or FROM_TIMESTAMP".into(),
+                    )
                 })?;
             }
             other => {
@@ -578,7 +555,7 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
             }
         }
     }
-    let (shards, more) = Core::shards_page(&info, after, limit);
+    let (shards, more) = paging::shards_page(&info, after, limit);
     let mut out = vec![(
         "Shards".to_string(),
         Value::Array(shards.iter().map(shard).collect()),
@@ -586,7 +563,7 @@ fn list_shards(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError> {
     if let (true, Some(last)) = (more, shards.last()) {
         out.push((
             "NextToken".into(),
-            Value::text(token::encode(
+            Value::text(encode_token(
                 "shards",
                 &[
                     &info.name,
@@ -615,7 +592,6 @@ async fn put_record(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError>
             &name,
             entry(req)?,
             req.opt_str("SequenceNumberForOrdering")?,
-            0,
         )
         .await?;
     Ok(Value::map([
@@ -635,7 +611,7 @@ async fn put_records(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError
         .enumerate()
         .map(|(i, v)| entry(&req.item("Records", i, v)?))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = ctx.core.put_records(&name, entries, 0).await?;
+    let results = ctx.core.put_records(&name, entries).await?;
     let mut failed = 0;
     let records = results
         .into_iter()
@@ -647,8 +623,8 @@ async fn put_records(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError
             Err(e) => {
                 failed += 1;
                 Value::map([
-                    ("ErrorCode", Value::text(e.code.kinesis_type())),
-                    ("ErrorMessage", Value::text(e.message)),
+                    ("ErrorCode", Value::text(e.code().kinesis_type())),
+                    ("ErrorMessage", Value::text(e.to_string())),
                 ])
             }
         })
@@ -678,24 +654,22 @@ async fn get_shard_iterator(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, Servi
     let timestamp_ms = req.opt_timestamp("Timestamp")?;
     if kind == v1::ShardIteratorType::AtTimestamp && timestamp_ms.is_none() {
         return Err(invalid(
-            "Timestamp: required when ShardIteratorType is AT_TIMESTAMP".into(),
+            "Timestamp",
+            "required when ShardIteratorType is AT_TIMESTAMP".into(),
         ));
     }
     let it = ctx
         .core
-        .get_shard_iterator(
-            v1::GetShardIteratorRequest {
-                stream_name: name,
-                shard_id: shard_id.to_string(),
-                shard_iterator_type: kind as i32,
-                starting_sequence_number: req
-                    .opt_str("StartingSequenceNumber")?
-                    .unwrap_or_default()
-                    .to_string(),
-                timestamp_ms: timestamp_ms.unwrap_or(0),
-            },
-            0,
-        )
+        .get_shard_iterator(v1::GetShardIteratorRequest {
+            stream_name: name,
+            shard_id: shard_id.to_string(),
+            shard_iterator_type: kind as i32,
+            starting_sequence_number: req
+                .opt_str("StartingSequenceNumber")?
+                .unwrap_or_default()
+                .to_string(),
+            timestamp_ms: timestamp_ms.unwrap_or(0),
+        })
         .await?;
     Ok(Value::map([("ShardIterator", Value::text(it))]))
 }
@@ -709,7 +683,7 @@ async fn get_records(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceError
     }
     let resp = ctx
         .core
-        .get_records(it, limit.map(to_u32).unwrap_or(0), false, 0)
+        .get_records(it, limit.map(to_u32).unwrap_or(0), false)
         .await?;
     let records = resp
         .records
@@ -756,7 +730,8 @@ fn list_tags_for_stream(ctx: &Ctx<'_>, req: &Obj<'_>) -> Result<Value, ServiceEr
     let limit = req
         .opt_int("Limit", 1, i64::from(validate::MAX_TAGS_PER_STREAM))?
         .unwrap_or(i64::from(validate::MAX_TAGS_PER_STREAM));
-    let (tags, more) = Core::tags_page(&info, req.opt_str("ExclusiveStartTagKey")?, limit as usize);
+    let (tags, more) =
+        paging::tags_page(&info, req.opt_str("ExclusiveStartTagKey")?, limit as usize);
     Ok(Value::map([
         ("Tags", tag_list(tags.into_iter())),
         ("HasMoreTags", Value::Bool(more)),
@@ -781,17 +756,5 @@ mod tests {
         // The 39 actions of the Kinesis Data Streams API reference, plus the 18 newer ones
         // (channels, queues, distribution strategy) that current SDKs know.
         assert_eq!(n, 39 + 18);
-    }
-
-    #[test]
-    fn tokens_round_trip_and_refuse_other_kinds() {
-        let t = token::encode("shards", &["s", "5", "shardId-000000000001"]);
-        assert_eq!(
-            token::decode("shards", &t, 3).expect("round trip"),
-            ["s", "5", "shardId-000000000001"]
-        );
-        assert!(token::decode("streams", &t, 1).is_err());
-        let e = token::decode("shards", "!!", 3).expect_err("garbage");
-        assert!(e.message.starts_with("NextToken"));
     }
 }

@@ -5,7 +5,7 @@
 //! A thin layer over [`Core`], like the gRPC services: it decodes the request, checks the
 //! Authorization header's form ([`sigv4`]), calls the action ([`actions`]) and encodes the
 //! answer, or the error as `{"__type": ..., "message": ...}` with the HTTP status that
-//! [`ErrorCode`] maps it to.
+//! [`riptide_proto::ErrorCode`] maps it to ([`ServiceError::code`] gives the code).
 
 pub mod actions;
 pub mod arn;
@@ -20,7 +20,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::serve::ListenerExt;
-use riptide_proto::ErrorCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -76,10 +75,6 @@ impl From<ServiceError> for Failure {
     }
 }
 
-fn error(code: ErrorCode, message: String) -> ServiceError {
-    ServiceError::new(code, message)
-}
-
 async fn handle(
     State(gateway): State<Arc<Gateway>>,
     method: Method,
@@ -102,12 +97,13 @@ async fn handle(
     let (status, format, answer) = match outcome {
         Ok((format, v)) => (StatusCode::OK, format, v),
         Err(Failure { error, format }) => {
-            tracing::debug!(code = %error.code, "kinesis request refused: {}", error.message);
-            let status = StatusCode::from_u16(error.code.http_status())
+            let code = error.code();
+            tracing::debug!(%code, "kinesis request refused: {error}");
+            let status = StatusCode::from_u16(code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = Value::map([
-                ("__type", Value::text(error.code.kinesis_type())),
-                ("message", Value::text(error.message)),
+                ("__type", Value::text(code.kinesis_type())),
+                ("message", Value::text(error.to_string())),
             ]);
             (status, format, body)
         }
@@ -141,12 +137,9 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ServiceError> {
             Ok(Format::Json)
         }
         "application/x-amz-cbor-1.1" | "application/cbor" => Ok(Format::Cbor),
-        _ => Err(error(
-            ErrorCode::Serialization,
-            format!(
-                "Content-Type: must be application/x-amz-json-1.1 or application/x-amz-cbor-1.1, got {ct:?}"
-            ),
-        )),
+        _ => Err(ServiceError::Serialization(format!(
+            "Content-Type: must be application/x-amz-json-1.1 or application/x-amz-cbor-1.1, got {ct:?}"
+        ))),
     }
 }
 
@@ -156,7 +149,7 @@ fn check_auth(headers: &HeaderMap) -> Result<String, ServiceError> {
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return Ok(arn::DEFAULT_REGION.to_string());
     };
-    let bad = |m: String| error(ErrorCode::IncompleteSignature, m);
+    let bad = |m: String| ServiceError::IncompleteSignature(m);
     let auth = auth
         .to_str()
         .map_err(|_| bad("Authorization: must be ASCII text".into()))?;
@@ -185,18 +178,10 @@ fn decode(format: Format, bytes: &[u8]) -> Result<Value, ServiceError> {
         return Ok(Value::Map(Vec::new()));
     }
     match format {
-        Format::Json => Value::parse_json(bytes).map_err(|e| {
-            error(
-                ErrorCode::Serialization,
-                format!("request body: not valid JSON: {e}"),
-            )
-        }),
-        Format::Cbor => cbor::decode(bytes).map_err(|e| {
-            error(
-                ErrorCode::Serialization,
-                format!("request body: not valid CBOR: {e}"),
-            )
-        }),
+        Format::Json => Value::parse_json(bytes)
+            .map_err(|e| ServiceError::Serialization(format!("request body: not valid JSON: {e}"))),
+        Format::Cbor => cbor::decode(bytes)
+            .map_err(|e| ServiceError::Serialization(format!("request body: not valid CBOR: {e}"))),
     }
 }
 
@@ -211,33 +196,26 @@ async fn serve_one(
     let format = format_of(headers)?;
     let fail = |error: ServiceError| Failure { error, format };
     if method != Method::POST || uri.path() != "/" {
-        return Err(fail(error(
-            ErrorCode::UnknownOperation,
-            format!(
-                "{method} {}: the Kinesis API is served as POST / only",
-                uri.path()
-            ),
-        )));
+        return Err(fail(ServiceError::UnknownOperation(format!(
+            "{method} {}: the Kinesis API is served as POST / only",
+            uri.path()
+        ))));
     }
     let region = check_auth(headers).map_err(fail)?;
     if action.is_empty() {
         let target = headers
             .get("x-amz-target")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        return Err(fail(error(
-            ErrorCode::UnknownOperation,
-            format!("X-Amz-Target: must be {TARGET_PREFIX}<Action>, got {target:?}"),
-        )));
+        return Err(fail(ServiceError::UnknownOperation(format!(
+            "X-Amz-Target: must be {TARGET_PREFIX}<Action>, got {target:?}"
+        ))));
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| {
-            fail(error(
-                ErrorCode::Serialization,
-                format!(
-                    "request body: unreadable or over the limit of {MAX_BODY_BYTES} bytes: {e}"
-                ),
-            ))
+            fail(ServiceError::Serialization(format!(
+                "request body: unreadable or over the limit of {MAX_BODY_BYTES} bytes: {e}"
+            )))
         })?;
     let doc = decode(format, &bytes).map_err(fail)?;
     let req = Obj::root(&doc, format).map_err(fail)?;
@@ -245,6 +223,7 @@ async fn serve_one(
         .core
         .upgrade()
         .ok_or_else(|| fail(ServiceError::unavailable("this node is shutting down")))?;
+    core.check_serving().map_err(fail)?;
     let ctx = actions::Ctx {
         core: &core,
         region: &region,
@@ -258,6 +237,7 @@ async fn serve_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riptide_proto::ErrorCode;
 
     #[test]
     fn content_types_pick_the_format() {
@@ -275,8 +255,8 @@ mod tests {
         assert_eq!(format_of(&h), Ok(Format::Json));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
         let e = format_of(&h).expect_err("xml");
-        assert_eq!(e.code, ErrorCode::Serialization);
-        assert!(e.message.starts_with("Content-Type"));
+        assert_eq!(e.code(), ErrorCode::Serialization);
+        assert!(e.to_string().starts_with("Content-Type"));
     }
 
     #[test]
@@ -292,8 +272,8 @@ mod tests {
             HeaderValue::from_str(&auth).expect("ascii"),
         );
         let e = check_auth(&h).expect_err("no date");
-        assert_eq!(e.code, ErrorCode::IncompleteSignature);
-        assert!(e.message.contains("X-Amz-Date"));
+        assert_eq!(e.code(), ErrorCode::IncompleteSignature);
+        assert!(e.to_string().contains("X-Amz-Date"));
         h.insert("x-amz-date", HeaderValue::from_static("20240101T000000Z"));
         assert_eq!(check_auth(&h).as_deref(), Ok("eu-central-1"));
         h.insert(
@@ -301,7 +281,7 @@ mod tests {
             HeaderValue::from_static("AWS4-HMAC-SHA256 nonsense"),
         );
         assert_eq!(
-            check_auth(&h).expect_err("malformed").code,
+            check_auth(&h).expect_err("malformed").code(),
             ErrorCode::IncompleteSignature
         );
     }
@@ -311,11 +291,11 @@ mod tests {
         assert_eq!(decode(Format::Json, b""), Ok(Value::Map(vec![])));
         assert_eq!(decode(Format::Cbor, b" "), Ok(Value::Map(vec![])));
         assert_eq!(
-            decode(Format::Json, b"{\"a\":").expect_err("cut").code,
+            decode(Format::Json, b"{\"a\":").expect_err("cut").code(),
             ErrorCode::Serialization
         );
         assert_eq!(
-            decode(Format::Cbor, &[0xa1]).expect_err("cut").code,
+            decode(Format::Cbor, &[0xa1]).expect_err("cut").code(),
             ErrorCode::Serialization
         );
     }

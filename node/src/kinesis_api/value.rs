@@ -9,7 +9,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use riptide_proto::ErrorCode;
 
 use crate::error::ServiceError;
 
@@ -233,14 +232,11 @@ impl<'de> serde::Deserialize<'de> for Value {
 }
 
 fn validation(message: String) -> ServiceError {
-    ServiceError::new(ErrorCode::Validation, message)
+    ServiceError::Validation(message)
 }
 
 fn wrong_type(path: &str, expected: &str, got: &Value) -> ServiceError {
-    ServiceError::new(
-        ErrorCode::Serialization,
-        format!("{path}: expected {expected}, got {}", got.kind()),
-    )
+    ServiceError::Serialization(format!("{path}: expected {expected}, got {}", got.kind()))
 }
 
 /// A structure of a request, with its path for error messages (`Records[2]`).
@@ -329,12 +325,10 @@ impl<'a> Obj<'a> {
         match self.get(member) {
             None => Err(validation(format!("{path}: required, but missing"))),
             Some(Value::Blob(b)) => Ok(b.clone()),
-            Some(Value::Text(s)) => BASE64.decode(s).map(Bytes::from).map_err(|e| {
-                ServiceError::new(
-                    ErrorCode::Serialization,
-                    format!("{path}: not valid base64: {e}"),
-                )
-            }),
+            Some(Value::Text(s)) => BASE64
+                .decode(s)
+                .map(Bytes::from)
+                .map_err(|e| ServiceError::Serialization(format!("{path}: not valid base64: {e}"))),
             Some(other) => Err(wrong_type(&path, "a blob", other)),
         }
     }
@@ -439,6 +433,7 @@ impl<'a> Obj<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riptide_proto::ErrorCode;
 
     fn json(text: &str) -> Value {
         Value::from_json(serde_json::from_str(text).expect("json"))
@@ -460,20 +455,16 @@ mod tests {
         assert_eq!(o.opt_str("Z").expect("null is absent"), None);
 
         let e = o.str("Missing").expect_err("missing");
-        assert_eq!(e.code, ErrorCode::Validation);
-        assert!(e.message.contains("Missing"));
+        assert_eq!(e.code(), ErrorCode::Validation);
+        assert!(e.to_string().contains("Missing"));
         let e = o.opt_int("N", 6, 10).expect_err("range");
-        assert_eq!(e.code, ErrorCode::Validation);
-        assert!(
-            e.message.contains("N: must be 6 to 10, got 5"),
-            "{}",
-            e.message
-        );
+        assert_eq!(e.code(), ErrorCode::Validation);
+        assert!(e.to_string().contains("N: must be 6 to 10, got 5"), "{e}");
         let e = o.str("N").expect_err("type");
-        assert_eq!(e.code, ErrorCode::Serialization);
-        assert!(e.message.contains("N: expected a string"));
+        assert_eq!(e.code(), ErrorCode::Serialization);
+        assert!(e.to_string().contains("N: expected a string"));
         assert_eq!(
-            o.blob("S").expect_err("bad base64").code,
+            o.blob("S").expect_err("bad base64").code(),
             ErrorCode::Serialization
         );
     }
@@ -487,13 +478,9 @@ mod tests {
         assert_eq!(r0.blob("Data").expect("data"), &b"hi"[..]);
         let r1 = o.item("Records", 1, &items[1]).expect("item");
         let e = r1.blob("Data").expect_err("number");
-        assert!(e.message.starts_with("Records[1].Data"), "{}", e.message);
+        assert!(e.to_string().starts_with("Records[1].Data"), "{e}");
         let e = r0.str("PartitionKey").expect_err("missing");
-        assert!(
-            e.message.starts_with("Records[0].PartitionKey"),
-            "{}",
-            e.message
-        );
+        assert!(e.to_string().starts_with("Records[0].PartitionKey"), "{e}");
     }
 
     #[test]
@@ -515,7 +502,7 @@ mod tests {
             Some(1_700_000_000_123)
         );
         assert_eq!(
-            cbor.opt_timestamp("Neg").expect_err("negative").code,
+            cbor.opt_timestamp("Neg").expect_err("negative").code(),
             ErrorCode::Validation
         );
         let json = Obj::root(&v, Format::Json).expect("structure");

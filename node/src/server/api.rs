@@ -1,5 +1,7 @@
 //! The gRPC services: thin handlers that decode a request, call [`Core`], and encode the
-//! answer. No logic of their own.
+//! answer. No logic of their own. Each request that may be forwarded runs inside
+//! [`routing::serve`] with its hop count, and its answer names the node that served it when
+//! that was another one.
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -10,14 +12,13 @@ use riptide_proto::v1;
 use riptide_proto::v1::admin_service_server::AdminService;
 use riptide_proto::v1::node_internal_server::NodeInternal;
 use riptide_proto::v1::stream_service_server::StreamService;
-use riptide_proto::{SequenceNumber, ShardId, StreamName};
+use riptide_proto::{FORWARDED_TO_HEADER, SequenceNumber, ShardId, StreamName};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{ControllerCommand, NodeInfo};
 use crate::error::ServiceError;
 use crate::server::core::Core;
-use crate::server::core::FORWARDED_TO;
-use crate::server::peers::{FORWARDED_HEADER, hops_of};
+use crate::server::core::routing::{self, hops_of};
 use crate::validate;
 
 /// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
@@ -36,7 +37,17 @@ impl Api {
         }
     }
 
+    /// The core, for a request it may serve: none once the node shuts down or its storage
+    /// failed.
     fn core(&self) -> Result<Arc<Core>, Status> {
+        let core = self.running_core()?;
+        core.check_serving()?;
+        Ok(core)
+    }
+
+    /// The core while the node runs, whether or not it can serve (for the cluster status,
+    /// which reports a failed node's state).
+    fn running_core(&self) -> Result<Arc<Core>, Status> {
         self.core
             .upgrade()
             .ok_or_else(|| ServiceError::unavailable("this node is shutting down").into())
@@ -45,25 +56,12 @@ impl Api {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Runs `f` noting whether a part of it was forwarded to another node, and where.
-async fn tracking_forwards<T>(
-    f: impl std::future::Future<Output = Result<T, ServiceError>>,
-) -> (Result<T, ServiceError>, Option<String>) {
-    FORWARDED_TO
-        .scope(std::cell::RefCell::new(None), async {
-            let r = f.await;
-            let to = FORWARDED_TO.with(|f| f.borrow().clone());
-            (r, to)
-        })
-        .await
-}
-
 /// An answer that tells the client which node served it, when that was another node, so that
 /// the client can refresh its view of the shard leaders.
 fn forwarded_reply<T>(v: T, to: Option<String>) -> Reply<T> {
     let mut resp = Response::new(v);
     if let Some(value) = to.and_then(|a| a.parse().ok()) {
-        resp.metadata_mut().insert(FORWARDED_HEADER, value);
+        resp.metadata_mut().insert(FORWARDED_TO_HEADER, value);
     }
     Ok(resp)
 }
@@ -171,12 +169,14 @@ impl StreamService for Api {
             partition_key: r.partition_key,
             explicit_hash_key: r.explicit_hash_key,
         };
-        let (result, to) = tracking_forwards(core.put_record(
-            &r.stream_name,
-            entry,
-            r.sequence_number_for_ordering.as_deref(),
+        let (result, to) = routing::serve(
             hops,
-        ))
+            core.put_record(
+                &r.stream_name,
+                entry,
+                r.sequence_number_for_ordering.as_deref(),
+            ),
+        )
         .await;
         let (shard, seq) = result?;
         forwarded_reply(
@@ -196,8 +196,7 @@ impl StreamService for Api {
         let hops = hops_of(&req);
         let r = req.into_inner();
         let numeric = r.numeric_positions;
-        let (results, to) =
-            tracking_forwards(core.put_records(&r.stream_name, r.records, hops)).await;
+        let (results, to) = routing::serve(hops, core.put_records(&r.stream_name, r.records)).await;
         let results = results?;
         let mut failed = 0;
         let records = results
@@ -216,8 +215,8 @@ impl StreamService for Api {
                 Err(e) => {
                     failed += 1;
                     v1::PutRecordsResultEntry {
-                        error_code: e.code.name().to_string(),
-                        error_message: e.message,
+                        error_code: e.code().name().to_string(),
+                        error_message: e.to_string(),
                         ..Default::default()
                     }
                 }
@@ -238,7 +237,7 @@ impl StreamService for Api {
     ) -> Reply<v1::GetShardIteratorResponse> {
         let core = self.core()?;
         let hops = hops_of(&req);
-        let (it, to) = tracking_forwards(core.get_shard_iterator(req.into_inner(), hops)).await;
+        let (it, to) = routing::serve(hops, core.get_shard_iterator(req.into_inner())).await;
         forwarded_reply(
             v1::GetShardIteratorResponse {
                 shard_iterator: it?,
@@ -254,12 +253,10 @@ impl StreamService for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        let (resp, to) = tracking_forwards(core.get_records(
-            &r.shard_iterator,
-            r.limit,
-            r.numeric_positions,
+        let (resp, to) = routing::serve(
             hops,
-        ))
+            core.get_records(&r.shard_iterator, r.limit, r.numeric_positions),
+        )
         .await;
         forwarded_reply(resp?, to)
     }
@@ -277,16 +274,16 @@ impl StreamService for Api {
         r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
         // Forwarded when this node does not lead the shard: the answer then names the leader,
         // so that the client opens its next subscription there.
-        let (first, forwarded_to) = tracking_forwards(core.get_shard_iterator(
-            v1::GetShardIteratorRequest {
+        let (first, forwarded_to) = routing::serve(
+            0,
+            core.get_shard_iterator(v1::GetShardIteratorRequest {
                 stream_name: r.stream_name.clone(),
                 shard_id: r.shard_id.clone(),
                 shard_iterator_type: r.starting_position,
                 starting_sequence_number: r.starting_sequence_number.clone(),
                 timestamp_ms: r.timestamp_ms,
-            },
-            0,
-        ))
+            }),
+        )
         .await;
         let first = first?;
         let group = core
@@ -309,7 +306,7 @@ impl StreamService for Api {
                 // applied before this line.
                 applied.borrow_and_update();
                 let (batch, forwarded_to) =
-                    tracking_forwards(core.get_records(&iterator, 0, numeric, 0)).await;
+                    routing::serve(0, core.get_records(&iterator, 0, numeric)).await;
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
@@ -389,7 +386,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ClusterStatusRequest>,
     ) -> Reply<v1::ClusterStatusResponse> {
-        let core = self.core()?;
+        let core = self.running_core()?;
         ok(core.cluster_status(req.into_inner().local_only).await?)
     }
 
@@ -397,10 +394,10 @@ impl AdminService for Api {
         let core = self.core()?;
         let r = req.into_inner();
         if r.node_id == 0 {
-            return Err(ServiceError::invalid("node_id: must be at least 1").into());
+            return Err(ServiceError::invalid("node_id", "must be at least 1").into());
         }
         if r.address.is_empty() {
-            return Err(ServiceError::invalid("address: must be host:port").into());
+            return Err(ServiceError::invalid("address", "must be host:port").into());
         }
         let info = NodeInfo {
             draining: false,
@@ -417,8 +414,7 @@ impl AdminService for Api {
                 r.zone
             },
         };
-        core.propose(&ControllerCommand::RegisterNode(info), 0)
-            .await?;
+        core.propose(&ControllerCommand::RegisterNode(info)).await?;
         ok(v1::AddNodeResponse {})
     }
 
@@ -428,8 +424,7 @@ impl AdminService for Api {
     ) -> Reply<v1::RemoveNodeResponse> {
         let core = self.core()?;
         let id = req.into_inner().node_id;
-        core.propose(&ControllerCommand::RemoveNode { id }, 0)
-            .await?;
+        core.propose(&ControllerCommand::RemoveNode { id }).await?;
         ok(v1::RemoveNodeResponse {})
     }
 
@@ -439,14 +434,20 @@ impl AdminService for Api {
     ) -> Reply<v1::TransferShardLeaderResponse> {
         let core = self.core()?;
         let hops = hops_of(&req);
-        core.transfer_shard_leader(req.into_inner(), hops).await?;
+        routing::serve(hops, core.transfer_shard_leader(req.into_inner()))
+            .await
+            .0?;
         ok(v1::TransferShardLeaderResponse {})
     }
 
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Reply<v1::DrainNodeResponse> {
         let core = self.core()?;
         let hops = hops_of(&req);
-        ok(core.drain_node(req.into_inner().node_id, hops).await?)
+        ok(
+            routing::serve(hops, core.drain_node(req.into_inner().node_id))
+                .await
+                .0?,
+        )
     }
 
     async fn undrain_node(
@@ -468,7 +469,11 @@ impl NodeInternal for Api {
         let core = self.core()?;
         let hops = hops_of(&req);
         let r = req.into_inner();
-        ok(core.propose_forwarded(&r.command, hops.max(r.hops)).await?)
+        ok(
+            routing::serve(hops.max(r.hops), core.propose_forwarded(&r.command))
+                .await
+                .0?,
+        )
     }
 
     async fn group_membership(

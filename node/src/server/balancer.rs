@@ -69,8 +69,7 @@ pub(crate) async fn run(core: Arc<Core>) {
                     to_node: m.to,
                 };
                 let outcome =
-                    tokio::time::timeout(HANDOVER_TIMEOUT, core.transfer_shard_leader(req, 0))
-                        .await;
+                    tokio::time::timeout(HANDOVER_TIMEOUT, core.transfer_shard_leader(req)).await;
                 report(&m, outcome.map_err(|_| "timed out".to_string()));
             }
         });

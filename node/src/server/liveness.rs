@@ -212,7 +212,8 @@ pub(crate) async fn run(core: Arc<Core>) {
     }
 }
 
-/// Probes every other registered node once, concurrently, and records who answered.
+/// Probes every other registered node once, concurrently, and records who answered and can
+/// serve.
 async fn probe(core: &Core) {
     let Ok(nodes) = core.nodes() else {
         return;
@@ -231,7 +232,9 @@ async fn probe(core: &Core) {
     liveness.answered(me, Instant::now());
     liveness.leads(me, own);
     for (id, status, at) in answers {
-        if let Some(status) = status {
+        // A node that answers that it cannot serve (its storage failed) counts as silent, so
+        // that its replicas and leaderships move away as for a node that is down.
+        if let Some(status) = status.filter(|s| s.up) {
             liveness.answered(id, at);
             liveness.leads(id, status.leading_groups);
         }
@@ -282,7 +285,7 @@ async fn repair_pass(core: &Core, reported: &mut HashSet<(u64, u64)>) -> Result<
             from: m.from,
             to: m.to,
         };
-        core.propose(&cmd, 0).await?;
+        core.propose(&cmd).await?;
     }
     repair_controller(core, &health).await
 }

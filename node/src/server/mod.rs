@@ -305,7 +305,7 @@ async fn register(core: Arc<Core>) {
             return;
         }
         match core
-            .propose(&ControllerCommand::RegisterNode(me.clone()), 0)
+            .propose(&ControllerCommand::RegisterNode(me.clone()))
             .await
         {
             Ok(_) => tracing::info!(node_id = me.id, "registered with the controller"),
@@ -396,14 +396,11 @@ async fn reconcile(
                 }
             }
             if !sh.ready && group.status().role == Role::Leader {
-                core.propose(
-                    &ControllerCommand::ShardReady {
-                        stream: s.name.clone(),
-                        created_ms: s.created_ms,
-                        shard: sh.index,
-                    },
-                    0,
-                )
+                core.propose(&ControllerCommand::ShardReady {
+                    stream: s.name.clone(),
+                    created_ms: s.created_ms,
+                    shard: sh.index,
+                })
                 .await?;
             }
         }

@@ -1,5 +1,6 @@
 //! gRPC clients to other nodes, for forwarding requests to a shard's or the controller's
-//! leader. Channels are cached per address and connect lazily.
+//! leader. Channels are cached per address and connect lazily. (Hop counts and the forwarding
+//! itself are the routing layer's: [`crate::server::core::routing`].)
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,16 +13,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ServiceError;
 
-/// Metadata key with how many times a request was forwarded between nodes.
-pub const HOPS_HEADER: &str = "x-riptide-hops";
-/// Metadata key set on a response that another node served (a part of): that node's address.
-pub const FORWARDED_HEADER: &str = "x-riptide-forwarded-to";
-/// A request is forwarded at most this many times, so that nodes with stale views of who
-/// leads cannot bounce it between them forever.
-pub const MAX_HOPS: u32 = 2;
-
-/// How long a forwarded call may take.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message between nodes: a full PutRecords call or GetRecords answer, plus framing.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -63,21 +54,4 @@ impl Peers {
     pub fn internal(&self, addr: &str) -> Result<NodeInternalClient<Channel>, ServiceError> {
         Ok(NodeInternalClient::new(self.channel(addr)?))
     }
-}
-
-/// A request to forward, carrying its hop count and a deadline.
-pub fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(HOPS_HEADER, hops.into());
-    req.set_timeout(FORWARD_TIMEOUT);
-    req
-}
-
-/// The hop count of an incoming request (0 from a client).
-pub fn hops_of<T>(req: &tonic::Request<T>) -> u32 {
-    req.metadata()
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }

@@ -6,7 +6,6 @@ The cluster runs with Kinesis's per-shard write quotas (1,000 records and 1 MiB 
 
 import datetime
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -304,8 +303,8 @@ throttled = [r for o in outcomes for r in o["Records"] if "ErrorCode" in r]
 check(sum(o["FailedRecordCount"] for o in outcomes) == len(throttled) > 0, [o["FailedRecordCount"] for o in outcomes])
 check({r["ErrorCode"] for r in throttled} == {"ProvisionedThroughputExceededException"}, throttled[:1])
 check(all("records/s" in r["ErrorMessage"] for r in throttled), throttled[:1])
-# The quotas refill with (real) time: after a second the record quota is full again.
-time.sleep(1.1)
+# The quotas refill with the cluster's clock: a second later the record quota is full again.
+advance_clock(1100)
 big = b"x" * 1_000_000
 k.put_record(StreamName="hot", Data=big, PartitionKey="big")
 msg = expect_error("ProvisionedThroughputExceededException", k.put_record, StreamName="hot", Data=big, PartitionKey="big")

@@ -391,6 +391,15 @@ fn sync_wal(store: &StoreInner, shared: &Shared) -> Result<(), StorageError> {
     if let Some(reason) = shared.poisoned() {
         return Err(StorageError::Poisoned(reason));
     }
+    // A failing sync, for tests: named after the store's directory, so that one node of
+    // several in a process can be made to fail.
+    fail::fail_point!(
+        &format!("log_writer::sync_fails:{}", store.path.display()),
+        |_| {
+            shared.poison("sync failed: failpoint log_writer::sync_fails".into());
+            Err(StorageError::Poisoned("sync failed: failpoint".into()))
+        }
+    );
     let started = Instant::now();
     match store.sync() {
         Ok(()) => {
