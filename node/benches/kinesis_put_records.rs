@@ -1,11 +1,13 @@
 //! What the Kinesis HTTP API adds to a PutRecords call: 500 records of 100 bytes, sent to the
 //! shard's leader through the native gRPC API and through the Kinesis API (JSON over HTTP/1.1,
-//! with a SigV4 Authorization header), on a three-node in-process cluster.
+//! with a SigV4 Authorization header), on a three-node in-process cluster. Before the cluster
+//! starts, the CBOR codec alone (`cbor_500x100B`): decoding the same PutRecords request as the
+//! Java SDKs write it, encoding it, and encoding the answer of 500 records.
 //!
 //! Run: `cargo bench -p riptide-node --bench kinesis_put_records --profile dev` (a release
-//! build would rebuild RocksDB). Criterion's medians are in
-//! `target/criterion/put_records_500x100B/{grpc,kinesis_http}/new/estimates.json`; the figures
-//! are written down in docs/benchmarks.md.
+//! build would rebuild RocksDB; `-- cbor` runs the codec group alone). Criterion's medians are
+//! in `target/criterion/{put_records_500x100B,cbor_500x100B}/*/new/estimates.json`; the
+//! figures are written down in docs/benchmarks.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ use criterion::{Criterion, Throughput};
 use http_body_util::{BodyExt, Full};
 use riptide_node::clock::SystemClock;
 use riptide_node::config::NodeConfig;
+use riptide_node::kinesis_api::cbor;
+use riptide_node::kinesis_api::value::Value;
 use riptide_node::server::Node;
 use riptide_proto::v1;
 use riptide_proto::v1::stream_service_client::StreamServiceClient;
@@ -136,7 +140,91 @@ fn records() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A CBOR head: major type and argument, in the shortest form.
+fn cbor_head(out: &mut Vec<u8>, major: u8, n: usize) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        _ => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+}
+
+fn cbor_text(out: &mut Vec<u8>, s: &str) {
+    cbor_head(out, 3, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The PutRecords request as the Java SDKs write it: indefinite-length maps and array.
+fn java_cbor_put_records(recs: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = vec![0xbf];
+    cbor_text(&mut b, "StreamName");
+    cbor_text(&mut b, STREAM);
+    cbor_text(&mut b, "Records");
+    b.push(0x9f);
+    for (k, d) in recs {
+        b.push(0xbf);
+        cbor_text(&mut b, "Data");
+        cbor_head(&mut b, 2, d.len());
+        b.extend_from_slice(d);
+        cbor_text(&mut b, "PartitionKey");
+        cbor_text(&mut b, k);
+        b.push(0xff);
+    }
+    b.extend_from_slice(&[0xff, 0xff]);
+    b
+}
+
+/// The answer to a PutRecords of `n` records that all succeeded, as the gateway builds it.
+fn put_records_answer(n: usize) -> Value {
+    let records = (0..n)
+        .map(|i| {
+            Value::map([
+                (
+                    "SequenceNumber",
+                    Value::text(format!("{:056}", 49_000_000_000_000_000u64 + i as u64)),
+                ),
+                ("ShardId", Value::text("shardId-000000000000")),
+            ])
+        })
+        .collect();
+    Value::map([
+        ("FailedRecordCount", Value::Int(0)),
+        ("Records", Value::Array(records)),
+        ("EncryptionType", Value::text("NONE")),
+    ])
+}
+
+/// The CBOR codec alone, on one thread, before any node runs.
+fn bench_cbor(c: &mut Criterion, recs: &[(String, Vec<u8>)]) {
+    let body = java_cbor_put_records(recs);
+    let request = cbor::decode(&body).expect("the request decodes");
+    let answer = put_records_answer(recs.len());
+    let mut group = c.benchmark_group("cbor_500x100B");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.bench_function("decode_request", |b| {
+        b.iter(|| cbor::decode(std::hint::black_box(&body)).expect("decodes"))
+    });
+    group.bench_function("encode_request", |b| {
+        b.iter(|| cbor::encode(std::hint::black_box(&request)))
+    });
+    group.bench_function("encode_answer", |b| {
+        b.iter(|| cbor::encode(std::hint::black_box(&answer)))
+    });
+    group.finish();
+}
+
 fn main() {
+    let recs = records();
+    let mut c = Criterion::default()
+        .sample_size(40)
+        .measurement_time(Duration::from_secs(15))
+        .configure_from_args();
+    bench_cbor(&mut c, &recs);
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -150,7 +238,6 @@ fn main() {
         "http://{}/",
         node.kinesis_addr().expect("kinesis api is on")
     );
-    let recs = records();
 
     let grpc = rt.block_on(async {
         StreamServiceClient::connect(grpc_endpoint)
@@ -245,10 +332,6 @@ fn main() {
     rt.block_on(grpc_call());
     rt.block_on(http_call());
 
-    let mut c = Criterion::default()
-        .sample_size(40)
-        .measurement_time(Duration::from_secs(15))
-        .configure_from_args();
     let mut group = c.benchmark_group("put_records_500x100B");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.bench_function("grpc", |b| b.iter(|| rt.block_on(grpc_call())));

@@ -5,15 +5,20 @@
 //! `run` drives JetStream; `compare A.json B.json` prints two reports side by side with the
 //! ratio of every figure.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::Subject;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, consumer, stream};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use riptide_bench_measure::parse_duration;
 use riptide_bench_measure::payload::Filler;
@@ -114,28 +119,109 @@ fn stream_name(i: u32) -> String {
     format!("BENCH{i}")
 }
 
-/// Sends each record to the stream its partition key hashes to.
+/// Publishes as nats.go's asynchronous JetStream publish (`PublishAsync`) does, JetStream's
+/// fastest way to publish from one connection: every message carries a reply subject of its
+/// own under one wildcard subscription per connection (`<inbox>.<seq>`), the sends are queued
+/// without waiting for anything, and the server's acknowledgements (PubAck, JSON) are read off
+/// that subscription and handed to the producer loop in batches (`poll_answers`), with no
+/// future, oneshot channel or timer per message. How many stay unacknowledged is the producer
+/// loop's window (nats.go: `PublishAsyncMaxPending`).
+///
+/// The sends go through a task of their own because the NATS client's publish is async (it
+/// waits only when the connection's command queue is full), while a publisher must have queued
+/// a record when `publish` returns.
 struct NatsPublisher {
-    context: jetstream::Context,
-    subjects: Arc<[Vec<String>]>,
-    key_index: std::collections::HashMap<String, usize>,
+    /// Messages for the sending task: subject, reply subject, payload.
+    outbox: mpsc::UnboundedSender<(Subject, Subject, bytes::Bytes)>,
+    /// Where this connection's acknowledgements arrive.
+    acks: async_nats::Subscriber,
+    /// `<inbox>.`, to which a record's seq is appended for its reply subject.
+    reply_prefix: String,
+    subjects: Arc<[Vec<Subject>]>,
+    key_index: Arc<HashMap<String, usize>>,
     streams: usize,
 }
 
+impl NatsPublisher {
+    async fn new(
+        client: async_nats::Client,
+        subjects: Arc<[Vec<Subject>]>,
+        key_index: Arc<HashMap<String, usize>>,
+    ) -> anyhow::Result<Self> {
+        let inbox = client.new_inbox();
+        let acks = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .context("subscribing to publish acknowledgements")?;
+        let (outbox, mut queued) = mpsc::unbounded_channel::<(Subject, Subject, bytes::Bytes)>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(SEND_BATCH);
+            while queued.recv_many(&mut batch, SEND_BATCH).await > 0 {
+                for (subject, reply, payload) in batch.drain(..) {
+                    if let Err(e) = client.publish_with_reply(subject, reply, payload).await {
+                        // The records stay unanswered and are counted so at the end.
+                        eprintln!("publish: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        let streams = subjects.len();
+        Ok(NatsPublisher {
+            outbox,
+            acks,
+            reply_prefix: format!("{inbox}."),
+            subjects,
+            key_index,
+            streams,
+        })
+    }
+
+    /// The outcome an acknowledgement reports, and the seq of the record it answers.
+    fn answer(&self, ack: &async_nats::Message) -> Option<(u64, Outcome)> {
+        let seq = ack
+            .subject
+            .strip_prefix(self.reply_prefix.as_str())?
+            .parse()
+            .ok()?;
+        // A status instead of a PubAck: no stream took the message (503 "no responders").
+        if ack.status.is_some() {
+            return Some((seq, Outcome::Failed));
+        }
+        let outcome = match serde_json::from_slice::<Response<PublishAck>>(&ack.payload) {
+            Ok(Response::Ok(_)) => Outcome::Acked { attempts: 1 },
+            Ok(Response::Err { .. }) | Err(_) => Outcome::Failed,
+        };
+        Some((seq, outcome))
+    }
+}
+
+/// Most queued messages the sending task takes at a time.
+const SEND_BATCH: usize = 256;
+
 impl Publisher for NatsPublisher {
-    fn publish(&mut self, _seq: u64, key: &str, data: bytes::Bytes) -> Option<Ack> {
+    fn publish(&mut self, seq: u64, key: &str, data: bytes::Bytes) -> Option<Ack> {
         let k = self.key_index.get(key).copied().unwrap_or(0);
         let subject = self.subjects[k % self.streams][k].clone();
-        let context = self.context.clone();
-        Some(Box::pin(async move {
-            match context.publish(subject, data).await {
-                Ok(ack) => match ack.await {
-                    Ok(_) => Outcome::Acked { attempts: 1 },
-                    Err(_) => Outcome::Failed,
-                },
-                Err(_) => Outcome::Failed,
+        let reply = Subject::from(format!("{}{seq}", self.reply_prefix));
+        // Fails only once the sending task has stopped, which it reported; the record then
+        // stays unanswered.
+        let _ = self.outbox.send((subject, reply, data));
+        None
+    }
+
+    fn poll_answers(&mut self, cx: &mut Context<'_>, out: &mut Vec<(u64, Outcome)>) -> Poll<()> {
+        let before = out.len();
+        while let Poll::Ready(Some(ack)) = self.acks.poll_next_unpin(cx) {
+            if let Some(answer) = self.answer(&ack) {
+                out.push(answer);
             }
-        }))
+        }
+        if out.len() > before {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -234,20 +320,27 @@ fn context_client(context: &jetstream::Context) -> async_nats::Client {
     context.client()
 }
 
-async fn connect(servers: &str, inflight: usize) -> anyhow::Result<jetstream::Context> {
+/// A connection of its own to the cluster.
+async fn connect_client(servers: &str) -> anyhow::Result<async_nats::Client> {
     let addrs: Vec<async_nats::ServerAddr> = servers
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("--servers")?;
-    let client = async_nats::connect(addrs)
+    async_nats::ConnectOptions::new()
+        // The bench's subjects are fixed and valid; nats.go does not check them per publish
+        // either.
+        .skip_subject_validation(true)
+        .connect(addrs)
         .await
-        .context("connecting to NATS")?;
+        .context("connecting to NATS")
+}
+
+/// A JetStream context on a connection of its own, for administration and consumers.
+async fn connect(servers: &str) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(30))
-        .max_ack_inflight(inflight.max(1))
-        .backpressure_on_inflight(true)
-        .build(client))
+        .build(connect_client(servers).await?))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<Report> {
@@ -264,7 +357,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         Some(p)
     };
     let streams = args.streams.max(1);
-    let admin = connect(&args.servers, 1_000).await?;
+    let admin = connect(&args.servers).await?;
     for s in 0..streams {
         let name = stream_name(s);
         // A fresh stream per run, so that the read-back pass reads only this run's records.
@@ -290,18 +383,19 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         }
     }
     let keys = workload::partition_keys(args.partition_keys);
-    let subjects: Arc<[Vec<String>]> = (0..streams)
+    let subjects: Arc<[Vec<Subject>]> = (0..streams)
         .map(|s| {
             keys.iter()
-                .map(|k| format!("{}.{k}", stream_name(s)))
+                .map(|k| Subject::from(format!("{}.{k}", stream_name(s))))
                 .collect()
         })
         .collect();
-    let key_index: std::collections::HashMap<String, usize> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.clone(), i))
-        .collect();
+    let key_index: Arc<HashMap<String, usize>> = Arc::new(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect(),
+    );
 
     let clock = Clock::new();
     let run_id = rand_u64();
@@ -315,7 +409,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut consumers = Vec::new();
     for s in 0..streams {
-        let context = connect(&args.servers, 1_000).await?;
+        let context = connect(&args.servers).await?;
         consumers.push(tokio::spawn(live_consumer(
             context,
             stream_name(s),
@@ -341,14 +435,17 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
             max_outstanding, ..
         } => max_outstanding,
     };
+    // A connection per producer, as nats.go's publishers have.
     let mut publishers = Vec::new();
     for _ in 0..args.producers.max(1) {
-        publishers.push(NatsPublisher {
-            context: connect(&args.servers, inflight).await?,
-            subjects: Arc::clone(&subjects),
-            key_index: key_index.clone(),
-            streams: streams as usize,
-        });
+        publishers.push(
+            NatsPublisher::new(
+                connect_client(&args.servers).await?,
+                Arc::clone(&subjects),
+                Arc::clone(&key_index),
+            )
+            .await?,
+        );
     }
     let plan = ProducerPlan {
         producer: 0,
@@ -383,7 +480,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let deadline = started + args.read_back_timeout;
     let mut readers = Vec::new();
     for s in 0..streams {
-        let context = connect(&args.servers, 1_000).await?;
+        let context = connect(&args.servers).await?;
         readers.push(tokio::spawn(read_back_stream(
             context,
             stream_name(s),
@@ -402,7 +499,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
     let measures = recorder.finish(Some(backlog_secs));
     let workload = Workload {
-        api: "NATS JetStream, async publish with acks".into(),
+        api: "NATS JetStream, asynchronous publishes (a reply subscription per connection, as \
+              nats.go's PublishAsync)"
+            .into(),
         shards: streams,
         replicas: args.replicas as u32,
         producers: args.producers,
