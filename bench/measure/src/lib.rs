@@ -1,6 +1,6 @@
 //! The measurement half of `riptide bench`, shared with the JetStream peer program in
-//! `bench/peers/jetstream-bench`, which includes this folder with `#[path]`, so that both
-//! systems are driven by the same workload loop and judged by the same code.
+//! `bench/peers/jetstream-bench`, which depends on this crate by path, so that both systems
+//! are driven by the same workload loop and judged by the same code.
 //!
 //! It must stay free of every riptide crate: it uses only std, tokio, futures, hdrhistogram,
 //! serde and serde_json, which both programs depend on anyway.
