@@ -13,6 +13,9 @@ const MAX_RECORD_CACHE_MB: u64 = 1 << 20;
 /// Smallest `leader_balance_interval_ms` other than 0 (off).
 pub const MIN_LEADER_BALANCE_INTERVAL_MS: u64 = 1_000;
 
+/// Largest `start_hold_ms`.
+pub const MAX_START_HOLD_MS: u64 = 120_000;
+
 /// Smallest `replica_repair_after_ms`: a node must miss at least one liveness probe (about one
 /// a second) before its replicas move.
 pub const MIN_REPLICA_REPAIR_AFTER_MS: u64 = 1_000;
@@ -176,6 +179,10 @@ pub struct NodeConfig {
     /// How often the controller's leader rebalances shard leaderships (to each stream's
     /// preferred leader region, then evenly over the usable nodes); 0 turns balancing off.
     pub leader_balance_interval_ms: u64,
+    /// How long after it started a node holds client calls it cannot serve yet (the cluster has
+    /// not formed: too few nodes registered) until it can, instead of refusing them; 0 refuses
+    /// them at once. See `server::core::readiness`.
+    pub start_hold_ms: u64,
     /// MiB of the newest records written to the node's segment files that it keeps in memory,
     /// so that consumers a little behind do not read them from the disk; 0 turns the cache off.
     pub record_cache_mb: u64,
@@ -198,6 +205,7 @@ impl Default for NodeConfig {
             retention_check_interval_ms: 60_000,
             replica_repair_after_ms: 300_000,
             leader_balance_interval_ms: 10_000,
+            start_hold_ms: 15_000,
             record_cache_mb: 512,
             limits: Limits::default(),
             timing: Timing::default(),
@@ -280,6 +288,9 @@ impl NodeConfig {
         }
         if let Some(v) = env("RIPTIDE_LEADER_BALANCE_INTERVAL_MS") {
             c.leader_balance_interval_ms = num("RIPTIDE_LEADER_BALANCE_INTERVAL_MS", v)?;
+        }
+        if let Some(v) = env("RIPTIDE_START_HOLD_MS") {
+            c.start_hold_ms = num("RIPTIDE_START_HOLD_MS", v)?;
         }
         if let Some(v) = env("RIPTIDE_RECORD_CACHE_MB") {
             c.record_cache_mb = num("RIPTIDE_RECORD_CACHE_MB", v)?;
@@ -447,6 +458,15 @@ impl NodeConfig {
                 ),
             ));
         }
+        if self.start_hold_ms > MAX_START_HOLD_MS {
+            return Err(ConfigError::new(
+                "start_hold_ms",
+                format!(
+                    "must be at most {MAX_START_HOLD_MS} (a client waits this long for an answer), got {}",
+                    self.start_hold_ms
+                ),
+            ));
+        }
         if self.record_cache_mb > MAX_RECORD_CACHE_MB {
             return Err(ConfigError::new(
                 "record_cache_mb",
@@ -567,6 +587,10 @@ mod tests {
         assert_eq!(
             err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nrecord_cache_mb = 1048577"),
             "record_cache_mb"
+        );
+        assert_eq!(
+            err("node_id = 1\ninitial_cluster=[\"1=a:1\"]\nstart_hold_ms = 120001"),
+            "start_hold_ms"
         );
         assert_eq!(
             err(

@@ -15,3 +15,4 @@ pub mod kinesis_api;
 pub mod server;
 pub mod shard;
 pub mod validate;
+pub mod warn_limit;

@@ -78,3 +78,45 @@ async fn dev_cluster_keeps_its_records_across_restarts() {
     assert_eq!(read_all(&mut c1, "dev").await, ["one", "two"]);
     cluster.shutdown().await;
 }
+
+/// The gRPC API holds client calls while the cluster forms, as the Kinesis API does: a
+/// CreateStream sent to node 2 as soon as its port accepts a connection, while the development
+/// cluster is still starting, succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_stream_sent_as_the_grpc_port_opens_succeeds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = DevOptions {
+        data_dir: dir.path().to_path_buf(),
+        base_port: ports::consecutive(3),
+        kinesis_port: 0,
+    };
+    let node2 = format!("127.0.0.1:{}", opts.base_port + 1);
+    let starting = tokio::spawn({
+        let opts = opts.clone();
+        async move { DevCluster::start(&opts).await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(&node2).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 never opened its port"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut api = StreamServiceClient::connect(format!("http://{node2}"))
+        .await
+        .expect("connect");
+    api.create_stream(v1::CreateStreamRequest {
+        stream_name: "early".into(),
+        shard_count: 2,
+        ..Default::default()
+    })
+    .await
+    .expect("created while the cluster was starting");
+    let cluster = starting.await.expect("start task").expect("start");
+    let desc = wait_active(&mut api, "early").await;
+    for shard in &desc.shards {
+        assert_eq!(shard.replicas.len(), 3, "{shard:?}");
+    }
+    cluster.shutdown().await;
+}

@@ -6,6 +6,9 @@
 //! Authorization header's form ([`sigv4`]), calls the action ([`actions`]) and encodes the
 //! answer, or the error as `{"__type": ..., "message": ...}` with the HTTP status that
 //! [`riptide_proto::ErrorCode`] maps it to ([`ServiceError::code`] gives the code).
+//!
+//! Calls that reach a node that is starting are held until it can serve them, as those of the
+//! gRPC API are ([`crate::server::core::readiness`]).
 
 pub mod actions;
 pub mod arn;
@@ -89,7 +92,8 @@ async fn handle(
         .and_then(|t| t.strip_prefix(TARGET_PREFIX))
         .unwrap_or("")
         .to_string();
-    let span = tracing::debug_span!("kinesis_api", action = %action, request_id = %request_id);
+    // Whatever is logged while serving the request names its action and request id.
+    let span = tracing::info_span!("kinesis_api", action = %action, request_id = %request_id);
     let outcome = serve_one(&gateway, &method, &uri, &headers, &action, body)
         .instrument(span.clone())
         .await;
@@ -224,6 +228,11 @@ async fn serve_one(
         .upgrade()
         .ok_or_else(|| fail(ServiceError::unavailable("this node is shutting down")))?;
     core.check_serving().map_err(fail)?;
+    // Held while the node is starting and cannot serve yet (see `server::core::readiness`).
+    if !core.is_ready() {
+        core.await_ready().await;
+        core.check_serving().map_err(fail)?;
+    }
     let ctx = actions::Ctx {
         core: &core,
         region: &region,

@@ -2,6 +2,11 @@
 //! answer. No logic of their own. Each request that may be forwarded runs inside
 //! [`routing::serve`] with its hop count, and its answer names the node that served it when
 //! that was another one.
+//!
+//! Every handler runs in a span named after it, with the stream, shard or node it is about, so
+//! that what is logged while serving it says which call it came from. The client calls of
+//! [`StreamService`] and [`AdminService`] (not the cluster status, not [`NodeInternal`]) are
+//! held while the node is starting and not ready yet ([`crate::server::core::readiness`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -14,6 +19,7 @@ use riptide_proto::v1::node_internal_server::NodeInternal;
 use riptide_proto::v1::stream_service_server::StreamService;
 use riptide_proto::{FORWARDED_TO_HEADER, SequenceNumber, ShardId, StreamName};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::controller::{ControllerCommand, NodeInfo};
 use crate::error::ServiceError;
@@ -42,6 +48,19 @@ impl Api {
     fn core(&self) -> Result<Arc<Core>, Status> {
         let core = self.running_core()?;
         core.check_serving()?;
+        Ok(core)
+    }
+
+    /// The core, for a client call: held while the node is starting and cannot serve it yet
+    /// ([`crate::server::core::readiness`]). A call forwarded by another node is never held:
+    /// the node that forwarded it already served it as far as it could, and holding it would
+    /// hold that node's caller twice.
+    async fn ready_core<T>(&self, req: &Request<T>) -> Result<Arc<Core>, Status> {
+        let core = self.core()?;
+        if hops_of(req) == 0 && !core.is_ready() {
+            core.await_ready().await;
+            core.check_serving()?;
+        }
         Ok(core)
     }
 
@@ -77,7 +96,7 @@ impl StreamService for Api {
         &self,
         req: Request<v1::CreateStreamRequest>,
     ) -> Reply<v1::CreateStreamResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         let s = core
             .create_stream(
@@ -97,27 +116,29 @@ impl StreamService for Api {
         &self,
         req: Request<v1::DeleteStreamRequest>,
     ) -> Reply<v1::DeleteStreamResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         core.delete_stream(&req.into_inner().stream_name).await?;
         ok(v1::DeleteStreamResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn describe_stream(
         &self,
         req: Request<v1::DescribeStreamRequest>,
     ) -> Reply<v1::DescribeStreamResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::DescribeStreamResponse {
             stream: Some(core.describe_with_leaders(&s).await),
         })
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_streams(
         &self,
         req: Request<v1::ListStreamsRequest>,
     ) -> Reply<v1::ListStreamsResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         let (streams, has_more_streams) =
             core.list_streams(&r.exclusive_start_stream_name, r.limit)?;
@@ -127,41 +148,45 @@ impl StreamService for Api {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn list_shards(
         &self,
         req: Request<v1::ListShardsRequest>,
     ) -> Reply<v1::ListShardsResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let s = core.stream(&req.into_inner().stream_name)?;
         ok(v1::ListShardsResponse {
             shards: core.describe_with_leaders(&s).await.shards,
         })
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn update_retention(
         &self,
         req: Request<v1::UpdateRetentionRequest>,
     ) -> Reply<v1::UpdateRetentionResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         core.set_retention(&r.stream_name, r.retention_period_hours)
             .await?;
         ok(v1::UpdateRetentionResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn update_preferred_leader_region(
         &self,
         req: Request<v1::UpdatePreferredLeaderRegionRequest>,
     ) -> Reply<v1::UpdatePreferredLeaderRegionResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         core.set_preferred_leader_region(&r.stream_name, Some(r.preferred_leader_region))
             .await?;
         ok(v1::UpdatePreferredLeaderRegionResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn put_record(&self, req: Request<v1::PutRecordRequest>) -> Reply<v1::PutRecordResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         let r = req.into_inner();
         let entry = v1::PutRecordsEntry {
@@ -188,11 +213,12 @@ impl StreamService for Api {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name))]
     async fn put_records(
         &self,
         req: Request<v1::PutRecordsRequest>,
     ) -> Reply<v1::PutRecordsResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         let r = req.into_inner();
         let numeric = r.numeric_positions;
@@ -231,11 +257,12 @@ impl StreamService for Api {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name, shard = %req.get_ref().shard_id))]
     async fn get_shard_iterator(
         &self,
         req: Request<v1::GetShardIteratorRequest>,
     ) -> Reply<v1::GetShardIteratorResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         let (it, to) = routing::serve(hops, core.get_shard_iterator(req.into_inner())).await;
         forwarded_reply(
@@ -246,11 +273,12 @@ impl StreamService for Api {
         )
     }
 
+    #[tracing::instrument(skip_all)]
     async fn get_records(
         &self,
         req: Request<v1::GetRecordsRequest>,
     ) -> Reply<v1::GetRecordsResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         let r = req.into_inner();
         let (resp, to) = routing::serve(
@@ -264,11 +292,12 @@ impl StreamService for Api {
     type SubscribeToShardStream =
         Pin<Box<dyn Stream<Item = Result<v1::SubscribeToShardEvent, Status>> + Send + 'static>>;
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name, shard = %req.get_ref().shard_id))]
     async fn subscribe_to_shard(
         &self,
         req: Request<v1::SubscribeToShardRequest>,
     ) -> Reply<Self::SubscribeToShardStream> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         StreamName::new(r.stream_name.as_str()).map_err(ServiceError::from)?;
         r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
@@ -291,77 +320,80 @@ impl StreamService for Api {
             .and_then(|info| core.shard(&info, &r.shard_id).map(|sh| sh.group))?;
         let numeric = r.numeric_positions;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut iterator = first;
-            // Whether this node served the first read itself, leading the shard then.
-            let mut opened_at_leader = None;
-            let mut applied = core.shard_applied.subscribe(group);
-            let mut shutdown = core.shutdown.clone();
-            loop {
-                if *shutdown.borrow() {
-                    return;
-                }
-                // A batch this replica applies from here on changes `applied` again, after its
-                // records are readable: a read that comes back short has seen everything
-                // applied before this line.
-                applied.borrow_and_update();
-                let (batch, forwarded_to) =
-                    routing::serve(0, core.get_records(&iterator, 0, numeric)).await;
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+        tokio::spawn(
+            async move {
+                let mut iterator = first;
+                // Whether this node served the first read itself, leading the shard then.
+                let mut opened_at_leader = None;
+                let mut applied = core.shard_applied.subscribe(group);
+                let mut shutdown = core.shutdown.clone();
+                loop {
+                    if *shutdown.borrow() {
                         return;
                     }
-                };
-                let served_here = forwarded_to.is_none();
-                // A subscription opened at the shard's leader follows the leadership: once it
-                // has moved, the stream ends after this batch and the client opens it again at
-                // the new leader, after the last record it received, instead of every later
-                // read passing through this node. One opened elsewhere (a client that does not
-                // route to leaders) keeps reading through this node.
-                let opened_here = *opened_at_leader.get_or_insert(served_here);
-                let leader_moved = opened_here && !served_here;
-                iterator = batch.next_shard_iterator.clone();
-                if !batch.records.is_empty() {
-                    let more = may_have_more(&batch.records);
-                    // Text, whichever form the records carry their positions in.
-                    let continuation = batch
-                        .records
-                        .last()
-                        .map(|r| match r.sequence_number.as_str() {
-                            "" => SequenceNumber(r.sequence).to_string(),
-                            text => text.to_string(),
-                        })
-                        .unwrap_or_default();
-                    let event = v1::SubscribeToShardEvent {
-                        records: batch.records,
-                        continuation_sequence_number: continuation,
-                        millis_behind_latest: batch.millis_behind_latest,
+                    // A batch this replica applies from here on changes `applied` again, after its
+                    // records are readable: a read that comes back short has seen everything
+                    // applied before this line.
+                    applied.borrow_and_update();
+                    let (batch, forwarded_to) =
+                        routing::serve(0, core.get_records(&iterator, 0, numeric)).await;
+                    let batch = match batch {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
                     };
-                    if tx.send(Ok(event)).await.is_err() {
+                    let served_here = forwarded_to.is_none();
+                    // A subscription opened at the shard's leader follows the leadership: once it
+                    // has moved, the stream ends after this batch and the client opens it again at
+                    // the new leader, after the last record it received, instead of every later
+                    // read passing through this node. One opened elsewhere (a client that does not
+                    // route to leaders) keeps reading through this node.
+                    let opened_here = *opened_at_leader.get_or_insert(served_here);
+                    let leader_moved = opened_here && !served_here;
+                    iterator = batch.next_shard_iterator.clone();
+                    if !batch.records.is_empty() {
+                        let more = may_have_more(&batch.records);
+                        // Text, whichever form the records carry their positions in.
+                        let continuation = batch
+                            .records
+                            .last()
+                            .map(|r| match r.sequence_number.as_str() {
+                                "" => SequenceNumber(r.sequence).to_string(),
+                                text => text.to_string(),
+                            })
+                            .unwrap_or_default();
+                        let event = v1::SubscribeToShardEvent {
+                            records: batch.records,
+                            continuation_sequence_number: continuation,
+                            millis_behind_latest: batch.millis_behind_latest,
+                        };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                        if more && !leader_moved {
+                            continue;
+                        }
+                    }
+                    if leader_moved {
                         return;
                     }
-                    if more && !leader_moved {
+                    if applied.has_changed().unwrap_or(false) {
                         continue;
                     }
-                }
-                if leader_moved {
-                    return;
-                }
-                if applied.has_changed().unwrap_or(false) {
-                    continue;
-                }
-                // Caught up: wait for a local apply, or poll again soon when the leader is
-                // elsewhere. The client going away ends the task.
-                tokio::select! {
-                    _ = applied.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = shutdown.changed() => return,
-                    _ = tx.closed() => return,
+                    // Caught up: wait for a local apply, or poll again soon when the leader is
+                    // elsewhere. The client going away ends the task.
+                    tokio::select! {
+                        _ = applied.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.changed() => return,
+                        _ = tx.closed() => return,
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         forwarded_reply(
             Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
             forwarded_to,
@@ -382,6 +414,7 @@ fn may_have_more(records: &[v1::Record]) -> bool {
 
 #[tonic::async_trait]
 impl AdminService for Api {
+    #[tracing::instrument(skip_all, fields(local_only = req.get_ref().local_only))]
     async fn cluster_status(
         &self,
         req: Request<v1::ClusterStatusRequest>,
@@ -390,8 +423,9 @@ impl AdminService for Api {
         ok(core.cluster_status(req.into_inner().local_only).await?)
     }
 
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
     async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Reply<v1::AddNodeResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(ServiceError::invalid("node_id", "must be at least 1").into());
@@ -418,21 +452,23 @@ impl AdminService for Api {
         ok(v1::AddNodeResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
     async fn remove_node(
         &self,
         req: Request<v1::RemoveNodeRequest>,
     ) -> Reply<v1::RemoveNodeResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let id = req.into_inner().node_id;
         core.propose(&ControllerCommand::RemoveNode { id }).await?;
         ok(v1::RemoveNodeResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(stream = %req.get_ref().stream_name, shard = %req.get_ref().shard_id, to_node = req.get_ref().to_node))]
     async fn transfer_shard_leader(
         &self,
         req: Request<v1::TransferShardLeaderRequest>,
     ) -> Reply<v1::TransferShardLeaderResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         routing::serve(hops, core.transfer_shard_leader(req.into_inner()))
             .await
@@ -440,8 +476,9 @@ impl AdminService for Api {
         ok(v1::TransferShardLeaderResponse {})
     }
 
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Reply<v1::DrainNodeResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         let hops = hops_of(&req);
         ok(
             routing::serve(hops, core.drain_node(req.into_inner().node_id))
@@ -450,11 +487,12 @@ impl AdminService for Api {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
     async fn undrain_node(
         &self,
         req: Request<v1::UndrainNodeRequest>,
     ) -> Reply<v1::UndrainNodeResponse> {
-        let core = self.core()?;
+        let core = self.ready_core(&req).await?;
         core.undrain_node(req.into_inner().node_id).await?;
         ok(v1::UndrainNodeResponse {})
     }
@@ -462,6 +500,7 @@ impl AdminService for Api {
 
 #[tonic::async_trait]
 impl NodeInternal for Api {
+    #[tracing::instrument(skip_all)]
     async fn propose_to_controller(
         &self,
         req: Request<v1::ControllerProposal>,
@@ -476,6 +515,7 @@ impl NodeInternal for Api {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(group_id = req.get_ref().group_id))]
     async fn group_membership(
         &self,
         req: Request<v1::GroupMembershipRequest>,

@@ -15,6 +15,7 @@ use riptide_raft::Role;
 
 use super::core::Core;
 use crate::controller::balance::{self, LeaderMove};
+use crate::error::ServiceError;
 
 /// Most leaderships one pass moves, so that a pass never becomes a transfer storm.
 const MAX_MOVES_PER_PASS: usize = 16;
@@ -49,7 +50,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         let moves = match plan(&core, &recent) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!("leader balance pass: {e}");
+                core.background_failure("balancer", "leader balance pass", &e);
                 continue;
             }
         };
@@ -69,8 +70,14 @@ pub(crate) async fn run(core: Arc<Core>) {
                     to_node: m.to,
                 };
                 let outcome =
-                    tokio::time::timeout(HANDOVER_TIMEOUT, core.transfer_shard_leader(req)).await;
-                report(&m, outcome.map_err(|_| "timed out".to_string()));
+                    tokio::time::timeout(HANDOVER_TIMEOUT, core.transfer_shard_leader(req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ServiceError::unavailable(format!(
+                                "the handover did not finish within {HANDOVER_TIMEOUT:?}"
+                            )))
+                        });
+                report(core, &m, outcome);
             }
         });
         tokio::select! {
@@ -107,29 +114,18 @@ fn plan(
     ))
 }
 
-fn report(m: &LeaderMove, outcome: Result<Result<(), crate::error::ServiceError>, String>) {
+/// Logs a handover's outcome; a failed one is retried by a later pass.
+fn report(core: &Core, m: &LeaderMove, outcome: Result<(), ServiceError>) {
+    let _span = tracing::info_span!(
+        "leadership_move",
+        stream = %m.stream,
+        shard = m.shard,
+        from = m.from,
+        to = m.to
+    )
+    .entered();
     match outcome {
-        Ok(Ok(())) => tracing::info!(
-            stream = %m.stream,
-            shard = m.shard,
-            from = m.from,
-            to = m.to,
-            "moved a shard leadership: {}",
-            m.why.as_str()
-        ),
-        Ok(Err(e)) => tracing::debug!(
-            stream = %m.stream,
-            shard = m.shard,
-            from = m.from,
-            to = m.to,
-            "leadership move failed, retried later: {e}"
-        ),
-        Err(e) => tracing::debug!(
-            stream = %m.stream,
-            shard = m.shard,
-            from = m.from,
-            to = m.to,
-            "leadership move {e}, retried later"
-        ),
+        Ok(()) => tracing::info!("moved a shard leadership: {}", m.why.as_str()),
+        Err(e) => core.background_failure("balancer", "leadership move (retried later)", &e),
     }
 }

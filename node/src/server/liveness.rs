@@ -192,7 +192,7 @@ pub(crate) async fn run(core: Arc<Core>) {
                     probe(&core).await;
                 }
                 if let Err(e) = repair_pass(&core, &mut reported).await {
-                    tracing::debug!("replica repair pass: {e}");
+                    core.background_failure("liveness", "replica repair pass", &e);
                 }
             }
             None => {

@@ -85,7 +85,7 @@ pub(crate) async fn run(core: Arc<Core>) {
     loop {
         running.retain(|_, task| !task.is_finished());
         if let Err(e) = scan(&core, &mut running) {
-            tracing::debug!("membership scan: {e}");
+            core.background_failure("membership", "membership scan", &e);
         }
         tokio::select! {
             _ = changed.changed() => {}
@@ -181,7 +181,12 @@ async fn converge(core: Arc<Core>, group: Group, stream: String, shard: u32) {
                             return;
                         }
                         Err(e) => {
-                            tracing::debug!(to = %n, "leadership transfer: {e}")
+                            let _span = tracing::info_span!("transfer", to = %n).entered();
+                            core.background_failure(
+                                "membership",
+                                "leadership transfer to a placed replica",
+                                &e.into(),
+                            );
                         }
                     }
                 }
@@ -202,7 +207,8 @@ async fn converge(core: Arc<Core>, group: Group, stream: String, shard: u32) {
                         caught_up.insert(n);
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(node_id = %n, "adding a learner: {e}");
+                        let _span = tracing::info_span!("learner", node_id = %n).entered();
+                        core.background_failure("membership", "adding a learner", &e.into());
                         return;
                     }
                     Err(_) => {
@@ -217,13 +223,13 @@ async fn converge(core: Arc<Core>, group: Group, stream: String, shard: u32) {
                     tracing::info!(voters = ?ids, "group voters now match the placement");
                 }
                 Err(e) => {
-                    tracing::debug!("changing voters: {e}");
+                    core.background_failure("membership", "changing voters", &e.into());
                     return;
                 }
             },
             Step::RemoveLearners(stray) => {
                 if let Err(e) = group.remove(stray).await {
-                    tracing::debug!("removing stray learners: {e}");
+                    core.background_failure("membership", "removing stray learners", &e.into());
                     return;
                 }
             }

@@ -11,6 +11,9 @@
 //! - membership ([`membership`]): each shard leader brings its group's voters and learners to
 //!   the controller's placement;
 //! - retention: each shard leader trims records older than its stream's retention.
+//!
+//! The tasks log their failures through [`Core::background_failure`]: at warn, at most once per
+//! kind every 30 s, once the node has started.
 
 pub mod api;
 mod balancer;
@@ -309,7 +312,9 @@ async fn register(core: Arc<Core>) {
             .await
         {
             Ok(_) => tracing::info!(node_id = me.id, "registered with the controller"),
-            Err(e) => tracing::debug!("registration not taken yet: {e}"),
+            Err(e) => {
+                core.background_failure("registration", "registering with the controller", &e)
+            }
         }
         if !pause(&core, Duration::from_millis(500)).await {
             return;
@@ -322,8 +327,11 @@ async fn reconcile_loop(core: Arc<Core>) {
     let mut formed: HashSet<u64> = HashSet::new();
     let mut stop = core.shutdown.clone();
     loop {
+        // Evaluated on every controller change, so that the node says when it became ready
+        // even before a client call asks.
+        core.is_ready();
         if let Err(e) = reconcile(&core, &mut formed).await {
-            tracing::debug!("reconcile: {e}");
+            core.background_failure("reconciler", "reconcile pass", &e);
         }
         tokio::select! {
             _ = changed.changed() => {}
@@ -357,7 +365,14 @@ async fn reconcile(
                 .await
                 {
                     Ok(Ok(())) => tracing::info!(node_id = n.id, "node follows the controller"),
-                    Ok(Err(e)) => tracing::debug!(node_id = n.id, "adding controller learner: {e}"),
+                    Ok(Err(e)) => {
+                        let _span = tracing::info_span!("learner", node_id = n.id).entered();
+                        core.background_failure(
+                            "reconciler",
+                            "adding a controller learner",
+                            &e.into(),
+                        );
+                    }
                     Err(_) => {
                         tracing::debug!(node_id = n.id, "controller learner still catching up")
                     }
@@ -486,7 +501,7 @@ async fn retention_loop(core: Arc<Core>) {
     let every = Duration::from_millis(core.config.retention_check_interval_ms);
     while pause(&core, every).await {
         if let Err(e) = trim_expired(&core).await {
-            tracing::warn!("retention pass failed: {e}");
+            core.background_failure("retention", "retention pass", &e);
         }
     }
 }

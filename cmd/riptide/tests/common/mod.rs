@@ -19,6 +19,8 @@ pub fn riptide_bin() -> &'static Path {
 pub struct NodeProcesses {
     children: Vec<Child>,
     pub endpoints: Vec<String>,
+    /// Each node's Kinesis API address (host:port), when the nodes serve it.
+    pub kinesis: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -28,8 +30,30 @@ impl NodeProcesses {
     /// when it names none); `env` is set for every node (for settings without a flag, e.g.
     /// RIPTIDE_LEADER_BALANCE_INTERVAL_MS).
     pub fn start(n: usize, region: impl Fn(usize) -> Option<String>, env: &[(&str, &str)]) -> Self {
+        Self::spawn(n, region, env, false)
+    }
+
+    /// Starts `n` nodes forming a new cluster, as [`NodeProcesses::start`] with no regions,
+    /// each also serving the Kinesis API on a port of its own ([`NodeProcesses::kinesis`]).
+    pub fn start_with_kinesis(n: usize) -> Self {
+        Self::spawn(n, |_| None, &[], true)
+    }
+
+    fn spawn(
+        n: usize,
+        region: impl Fn(usize) -> Option<String>,
+        env: &[(&str, &str)],
+        kinesis: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| riptide_test_ports::free_port()).collect();
+        let kinesis: Vec<String> = if kinesis {
+            (0..n)
+                .map(|_| format!("127.0.0.1:{}", riptide_test_ports::free_port()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -43,6 +67,9 @@ impl NodeProcesses {
             command.args(["node", "--node-id", &(i + 1).to_string()]);
             if let Some(region) = region(i) {
                 command.args(["--region", &region]);
+            }
+            if let Some(addr) = kinesis.get(i) {
+                command.args(["--kinesis-listen", addr]);
             }
             let child = command
                 .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -64,8 +91,14 @@ impl NodeProcesses {
         Self {
             children,
             endpoints,
+            kinesis,
             dir,
         }
+    }
+
+    /// Where the nodes' logs are, for a failing test to point at.
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Waits until the controller has a leader and every node is registered and up.

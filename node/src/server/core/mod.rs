@@ -7,10 +7,11 @@
 //!   forwarding between nodes, hop counts included;
 //! - [`writes`]: PutRecord(s) and the per-shard write quotas ([`quota`]);
 //! - [`reads`]: shard iterators ([`positions`]) and GetRecords;
-//! - [`admin`]: cluster status, leader transfers, draining, group membership.
+//! - [`admin`]: cluster status, leader transfers, draining, group membership;
+//! - [`readiness`]: whether a starting node can serve client calls, which it holds until then.
 //!
 //! The decisions are pure functions of their own modules, tested without a cluster:
-//! [`quota`], [`positions`], [`paging`], and the replica counts of
+//! [`quota`], [`positions`], [`paging`], [`readiness`], and the replica counts of
 //! [`crate::controller::placement`].
 
 pub mod admin;
@@ -18,14 +19,16 @@ pub mod controller;
 pub mod paging;
 pub mod positions;
 pub mod quota;
+pub mod readiness;
 pub mod reads;
 pub mod routing;
 pub mod streams;
 pub mod writes;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use riptide_raft::{Group, RaftEngine};
 use tokio::sync::watch;
@@ -37,6 +40,7 @@ use crate::error::ServiceError;
 use crate::server::liveness::Liveness;
 use crate::server::peers::Peers;
 use crate::shard::ShardWakers;
+use crate::warn_limit::WarnLimit;
 use riptide_proto::StreamName;
 
 pub use crate::controller::placement::REPLICATION;
@@ -64,6 +68,12 @@ pub struct Core {
     liveness: Mutex<Liveness>,
     /// Node and stream records read since the controller last applied a batch here.
     controller_cache: Mutex<ControllerCache>,
+    /// When the node started, for the hold of client calls while it is not ready.
+    started: tokio::time::Instant,
+    /// Set once the node is ready ([`readiness`]); never cleared.
+    ready: AtomicBool,
+    /// Failures of the background tasks, logged at warn at most once per kind every 30 s.
+    warnings: Mutex<WarnLimit>,
 }
 
 /// The controller's node and stream records as this node last read them, tagged with the value
@@ -112,7 +122,99 @@ impl Core {
             quotas: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::new(Instant::now())),
             controller_cache: Mutex::new(ControllerCache::default()),
+            started: tokio::time::Instant::now(),
+            ready: AtomicBool::new(false),
+            warnings: Mutex::new(WarnLimit::default()),
         }
+    }
+
+    /// Whether this node can serve client calls ([`readiness`]); once it can, always true.
+    pub fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let ready = self.not_ready().is_none();
+        if ready && !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(node_id = self.node_id(), "ready to serve client calls");
+        }
+        ready
+    }
+
+    /// Why this node cannot serve client calls yet, as it has applied the controller.
+    fn not_ready(&self) -> Option<readiness::NotReady> {
+        let Ok(nodes) = self.nodes() else {
+            return Some(readiness::NotReady::Unregistered);
+        };
+        let voters = self
+            .controller()
+            .map(|g| g.status().voters.len())
+            .unwrap_or(0);
+        readiness::readiness(self.node_id(), &nodes, voters).err()
+    }
+
+    /// How much longer this node holds client calls it cannot serve yet: `None` once its
+    /// `start_hold_ms` is over.
+    fn start_hold_left(&self) -> Option<Duration> {
+        readiness::hold_left(
+            self.started.elapsed(),
+            Duration::from_millis(self.config.start_hold_ms),
+        )
+    }
+
+    /// Whether the node is still starting: not ready, and within its start hold.
+    pub fn is_starting(&self) -> bool {
+        !self.is_ready() && self.start_hold_left().is_some()
+    }
+
+    /// Holds a client call until this node is ready, or its start hold is over, or it shuts
+    /// down; the call then goes on as usual (and gets the error it would have got, when the
+    /// node still is not ready). Node-to-node calls never come here.
+    pub async fn await_ready(&self) {
+        if self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        let mut applied = self.controller_applied.clone();
+        let mut stop = self.shutdown.clone();
+        loop {
+            if self.is_ready() {
+                return;
+            }
+            let Some(left) = self.start_hold_left() else {
+                tracing::debug!(
+                    node_id = self.node_id(),
+                    "start hold over, answering a call while not ready: {}",
+                    self.not_ready()
+                        .map_or_else(|| "ready now".to_string(), |r| r.to_string())
+                );
+                return;
+            };
+            let applied_changed = async {
+                if applied.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            // Registrations arrive as controller batches; the controller's voters are learnt
+            // from its membership, which is polled.
+            tokio::select! {
+                _ = applied_changed => {}
+                _ = tokio::time::sleep(left.min(Duration::from_millis(50))) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Logs a failure of a background task: at warn, at most once per kind every 30 s
+    /// ([`WarnLimit`]), or at debug while the node is starting, when failures (no controller
+    /// leader yet, peers not up yet) are expected and pass.
+    pub fn background_failure(&self, task: &'static str, what: &'static str, error: &ServiceError) {
+        if self.is_starting() {
+            tracing::debug!(task, "{what} failed while the node starts: {error}");
+            return;
+        }
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .warn((task, what, error.code().name()), Instant::now(), error);
     }
 
     /// What the controller's leader knows of the other nodes' liveness.
