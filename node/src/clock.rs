@@ -24,8 +24,8 @@ impl Clock for SystemClock {
 }
 
 /// The system clock plus an offset that tests advance, shared by every node of a test cluster.
-/// A test that must not see time pass on its own stops it ([`OffsetClock::stop`]); from then
-/// on only [`OffsetClock::advance`] moves it.
+/// A test that must not see time pass on its own stops it ([`OffsetClock::stop`]); until it
+/// runs again ([`OffsetClock::run`]), only [`OffsetClock::advance`] moves it.
 #[derive(Debug, Default, Clone)]
 pub struct OffsetClock {
     offset_ms: Arc<AtomicU64>,
@@ -44,6 +44,12 @@ impl OffsetClock {
         let _ = self
             .stopped_at_ms
             .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Lets a stopped clock run again: it reads the system clock plus the offset once more, a
+    /// jump forward by the time it stood still, never back.
+    pub fn run(&self) {
+        self.stopped_at_ms.store(0, Ordering::SeqCst);
     }
 }
 
@@ -75,5 +81,8 @@ mod tests {
         assert_eq!(clock.now_ms(), stopped);
         clock.advance(1_000);
         assert_eq!(clock.now_ms(), stopped + 1_000);
+        clock.run();
+        assert!(clock.now_ms() >= stopped + 1_000);
+        assert!(clock.now_ms() >= SystemClock.now_ms() + 6_000);
     }
 }
