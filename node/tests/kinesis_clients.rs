@@ -9,7 +9,9 @@
 //!
 //! Each client runs as a child process with the endpoint and dummy credentials in its
 //! environment. A line `RIPTIDE-CLOCK advance-ms <ms>` on its output moves the cluster's clock
-//! forward (to expire iterators and space out arrival times); the test answers `ok`.
+//! forward (to expire iterators and space out arrival times), `RIPTIDE-CLOCK stop` stops it
+//! (so that write quotas refill only when the client moves it) and `RIPTIDE-CLOCK run` lets it
+//! run again; the test answers `ok`.
 
 mod common;
 
@@ -25,7 +27,7 @@ use riptide_node::config::NodeConfig;
 
 /// Longest a client may run.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(240);
-const CLOCK_COMMAND: &str = "RIPTIDE-CLOCK advance-ms ";
+const CLOCK_COMMAND: &str = "RIPTIDE-CLOCK ";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,13 +155,22 @@ fn supervise(mut cmd: Command, clock: OffsetClock) -> Result<String, String> {
     let mut out = String::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if let Some(ms) = line.strip_prefix(CLOCK_COMMAND) {
-            let ms: u64 = ms
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad clock request {line:?}"))?;
-            clock.advance(ms);
-            out.push_str(&format!("(clock advanced {ms} ms)\n"));
+        if let Some(request) = line.strip_prefix(CLOCK_COMMAND) {
+            let request = request.trim();
+            if request == "stop" {
+                clock.stop();
+                out.push_str("(clock stopped)\n");
+            } else if request == "run" {
+                clock.run();
+                out.push_str("(clock running)\n");
+            } else {
+                let ms: u64 = request
+                    .strip_prefix("advance-ms ")
+                    .and_then(|ms| ms.trim().parse().ok())
+                    .ok_or_else(|| format!("bad clock request {line:?}"))?;
+                clock.advance(ms);
+                out.push_str(&format!("(clock advanced {ms} ms)\n"));
+            }
             let _ = writeln!(stdin, "ok").and_then(|_| stdin.flush());
             continue;
         }

@@ -205,19 +205,16 @@ impl Group {
         role_of(self.raft.metrics().borrow_watched().state)
     }
 
-    /// On the leader, how long ago each other member last acknowledged a heartbeat or an
-    /// append (`None` for one that never did); `None` on any other replica.
-    pub fn follower_acks(&self) -> Option<BTreeMap<NodeId, Option<Duration>>> {
+    /// On the leader, when each other member last acknowledged a heartbeat or an append
+    /// (`None` for one that never did); `None` on any other replica. Two readings of a member
+    /// are equal until it acknowledges again.
+    pub fn follower_acks(&self) -> Option<BTreeMap<NodeId, Option<AckedAt>>> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let now = openraft::TokioInstant::now();
         m.heartbeat.as_ref().map(|acks| {
             acks.iter()
                 .filter(|(id, _)| **id != self.node.0)
-                .map(|(id, at)| {
-                    let ago = at.as_ref().map(|t| now.saturating_duration_since(**t));
-                    (NodeId(*id), ago)
-                })
+                .map(|(id, at)| (NodeId(*id), at.as_ref().map(|t| AckedAt(**t))))
                 .collect()
         })
     }
@@ -417,6 +414,17 @@ impl Group {
             .purge_log(upto)
             .await
             .map_err(|e| self.stopped(e))
+    }
+}
+
+/// When a follower's acknowledgement reached the leader (on the runtime's monotonic clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AckedAt(openraft::TokioInstant);
+
+impl AckedAt {
+    /// How long ago the acknowledgement arrived.
+    pub fn elapsed(&self) -> Duration {
+        openraft::TokioInstant::now().saturating_duration_since(self.0)
     }
 }
 

@@ -25,7 +25,7 @@ mod types;
 
 pub use engine::{EngineConfig, RaftEngine, StateMachineFactory};
 pub use error::{RaftError, RaftErrorKind, StorageError};
-pub use group::{Group, GroupStatus, Role, WriteOutcome};
+pub use group::{AckedAt, Group, GroupStatus, Role, WriteOutcome};
 pub use settings::{GroupSettings, HTTP2_MAX_FRAME_BYTES, TransportSettings};
 pub use store::{
     DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, RecordReads, StoreClosed,

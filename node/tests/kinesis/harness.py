@@ -3,7 +3,8 @@
 The Rust test starts a Riptide cluster with its Kinesis API on, then runs a script with
 AWS_ENDPOINT_URL (the first node's Kinesis address), RIPTIDE_KINESIS_ENDPOINTS (every node's,
 comma-separated) and dummy credentials in the environment. A script asks the test to move the
-cluster's clock forward by printing `RIPTIDE-CLOCK advance-ms <ms>` and waiting for `ok` on its
+cluster's clock forward by printing `RIPTIDE-CLOCK advance-ms <ms>`, to stop it with
+`RIPTIDE-CLOCK stop` or to let it run again with `RIPTIDE-CLOCK run`, and waits for `ok` on its
 standard input. A script fails by raising; its output is shown when the Rust test fails.
 """
 
@@ -28,12 +29,26 @@ def section(name):
     print(f"--- {name}", flush=True)
 
 
-def advance_clock(ms):
-    """Moves every node's clock forward by `ms` milliseconds."""
-    print(f"RIPTIDE-CLOCK advance-ms {ms}", flush=True)
+def clock_request(request):
+    print(f"RIPTIDE-CLOCK {request}", flush=True)
     answer = sys.stdin.readline().strip()
     if answer != "ok":
-        raise AssertionError(f"clock not advanced: the test answered {answer!r}")
+        raise AssertionError(f"clock request {request!r}: the test answered {answer!r}")
+
+
+def advance_clock(ms):
+    """Moves every node's clock forward by `ms` milliseconds."""
+    clock_request(f"advance-ms {ms}")
+
+
+def stop_clock():
+    """Stops every node's clock: from now on only advance_clock moves it."""
+    clock_request("stop")
+
+
+def run_clock():
+    """Lets a stopped clock run again (it jumps forward by the time it stood still)."""
+    clock_request("run")
 
 
 def expect_error(code, call, *args, **kwargs):

@@ -17,7 +17,9 @@ from harness import (
     expect_error,
     put_all,
     read_shard,
+    run_clock,
     section,
+    stop_clock,
     wait_active,
 )
 
@@ -295,6 +297,8 @@ check(len(tags_of(StreamName="orders")) == 50, "exactly 50 fit")
 # Kinesis's per-shard quotas: 1,000 records and 1 MiB per second.
 k.create_stream(StreamName="hot", ShardCount=1)
 wait_active("hot")
+# The clock stands still, so that the quotas refill only when the script moves it.
+stop_clock()
 outcomes = [
     k.put_records(StreamName="hot", Records=[{"Data": b"h", "PartitionKey": f"h{i}"} for i in range(500)])
     for _ in range(3)
@@ -314,6 +318,7 @@ old = k.get_shard_iterator(StreamName="orders", ShardId=user_shard, ShardIterato
 advance_clock(5 * 60 * 1000 + 1000)
 msg = expect_error("ExpiredIteratorException", k.get_records, ShardIterator=old["ShardIterator"])
 check("expired" in msg, msg)
+run_clock()
 
 section("actions not supported yet")
 for call, kw, action in [

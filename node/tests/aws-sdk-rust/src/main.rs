@@ -4,8 +4,8 @@
 //!
 //! Run by node/tests/kinesis_clients.rs against a test cluster, with AWS_ENDPOINT_URL and
 //! RIPTIDE_KINESIS_ENDPOINTS (every node's Kinesis address) in the environment. It asks the
-//! test to move the cluster's clock forward by printing `RIPTIDE-CLOCK advance-ms <ms>` and
-//! reading `ok`. Any failed check panics, which fails the test.
+//! test to move the cluster's clock forward by printing `RIPTIDE-CLOCK advance-ms <ms>` (or to
+//! stop it, `RIPTIDE-CLOCK stop`, or let it run again, `RIPTIDE-CLOCK run`) and reading `ok`. Any failed check panics, which fails the test.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -49,14 +49,19 @@ fn section(name: &str) {
     println!("--- {name}");
 }
 
-fn advance_clock(ms: u64) {
-    println!("RIPTIDE-CLOCK advance-ms {ms}");
+fn clock_request(request: &str) {
+    println!("RIPTIDE-CLOCK {request}");
     let mut line = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut line)
         .expect("read the test's answer");
-    assert_eq!(line.trim(), "ok", "clock not advanced");
+    assert_eq!(line.trim(), "ok", "clock request {request:?} refused");
+}
+
+/// Moves every node's clock forward by `ms` milliseconds.
+fn advance_clock(ms: u64) {
+    clock_request(&format!("advance-ms {ms}"));
 }
 
 /// The error's Kinesis code and message, checking the code is `code`.
@@ -558,6 +563,8 @@ async fn main() {
         .await
         .expect("create hot");
     wait_active(&k, "sdk-hot").await;
+    // The clock stands still, so that the byte quota refills only when this program moves it.
+    clock_request("stop");
     let big = vec![b'x'; 1_000_000];
     k.put_record()
         .stream_name("sdk-hot")
@@ -582,6 +589,7 @@ async fn main() {
         "ExpiredIteratorException",
     );
     assert!(e.is_expired_iterator_exception());
+    clock_request("run");
     for (result, action) in [
         (
             k.split_shard()

@@ -1,44 +1,44 @@
-//! The client against a real cluster, started separately. Ignored by default; run with
-//!
-//! ```sh
-//! cargo run -p riptide -- dev --base-port 17101 --data-dir /tmp/riptide-client-test &
-//! RIPTIDE_TEST_ENDPOINT=127.0.0.1:17101 cargo test -p riptide-client \
-//!     --test against_running_cluster -- --ignored --test-threads 1
-//! ```
-//!
-//! Each test makes its own stream (named after the test and the time) and deletes it.
+//! The client crate against the development cluster (`riptide dev`: three in-process nodes,
+//! started by each test): puts routed to each shard's leader land there in each key's order,
+//! and the batching producer keeps every record across leader transfers. The client's other
+//! behaviours (routing, retries, the producer, the consumer) are tested against a fake cluster
+//! in `client/tests/against_fake_cluster.rs`, and its subscription across a leader transfer in
+//! `leaders.rs`.
+
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures::StreamExt;
-use riptide_client::{
-    Client, ClientConfig, ProducerConfig, PutResult, SequenceNumber, ShardId, StartingPosition, v1,
-};
+use common::ports;
+use riptide_client::{Client, ProducerConfig, PutResult, ShardId, StartingPosition, v1};
+use riptide_node::dev::{DevCluster, DevOptions};
 
-async fn connect() -> Client {
-    let endpoint = std::env::var("RIPTIDE_TEST_ENDPOINT")
-        .expect("set RIPTIDE_TEST_ENDPOINT to a node of a running cluster");
-    Client::connect_with(ClientConfig::new(endpoint))
+/// A development cluster in a temporary folder, and a client connected to its first node.
+async fn start() -> (tempfile::TempDir, DevCluster, Client) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = DevOptions {
+        data_dir: dir.path().to_path_buf(),
+        base_port: ports::consecutive(3),
+        kinesis_port: ports::free_port(),
+    };
+    let cluster = DevCluster::start(&opts).await.expect("start");
+    let client = Client::connect(&cluster.endpoints()[0])
         .await
-        .expect("connect")
+        .expect("connect");
+    (dir, cluster, client)
 }
 
-async fn new_stream(client: &Client, test: &str, shards: u32) -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis();
-    let name = format!("{test}-{ms}");
+async fn new_stream(client: &Client, name: &str, shards: u32) -> String {
     client
-        .create_stream(&name, shards, None)
+        .create_stream(name, shards, None)
         .await
         .expect("create");
     client
-        .wait_for_active(&name, Duration::from_secs(30))
+        .wait_for_active(name, Duration::from_secs(60))
         .await
         .expect("active");
-    name
+    name.to_string()
 }
 
 /// Every record of every shard, by shard, read with consumers from the trim horizon.
@@ -98,10 +98,9 @@ fn check(acked: &[(String, PutResult)], stored: &BTreeMap<ShardId, Vec<v1::Recor
     }
 }
 
-#[tokio::test]
-#[ignore = "needs a running cluster: set RIPTIDE_TEST_ENDPOINT"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_records_land_on_the_right_shards_in_key_order() {
-    let client = connect().await;
+    let (_dir, cluster, client) = start().await;
     let stream = new_stream(&client, "routing", 4).await;
     let entries: Vec<v1::PutRecordsEntry> = (0..2_000)
         .map(|i| v1::PutRecordsEntry {
@@ -132,16 +131,15 @@ async fn put_records_land_on_the_right_shards_in_key_order() {
         }
     }
     client.delete_stream(&stream).await.expect("delete");
+    cluster.shutdown().await;
 }
 
-#[tokio::test]
-#[ignore = "needs a running cluster: set RIPTIDE_TEST_ENDPOINT"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_keeps_every_record_across_leader_transfers() {
-    let client = connect().await;
+    let (_dir, cluster, client) = start().await;
     let stream = new_stream(&client, "transfers", 3).await;
     let producer = client.producer(&stream, ProducerConfig::default());
     let mut acks = Vec::new();
-    let started = Instant::now();
     let mut transferred = 0;
     for i in 0..6_000 {
         let data = format!("event {i}");
@@ -169,71 +167,10 @@ async fn the_producer_keeps_every_record_across_leader_transfers() {
         acked.push((data, ack.await.expect("acknowledged")));
     }
     producer.close().await;
-    let stats_elapsed = started.elapsed();
     let stored = read_all(&client, &stream, 3).await;
     check(&acked, &stored);
     let retried = acked.iter().filter(|(_, r)| r.attempts > 1).count();
-    eprintln!("6000 records, {transferred} transfers, {retried} retried, {stats_elapsed:?}");
+    eprintln!("6000 records, {transferred} transfers, {retried} retried");
     client.delete_stream(&stream).await.expect("delete");
-}
-
-#[tokio::test]
-#[ignore = "needs a running cluster: set RIPTIDE_TEST_ENDPOINT"]
-async fn a_subscription_follows_its_shard_across_a_leader_transfer() {
-    let client = connect().await;
-    let stream = new_stream(&client, "subscribe", 1).await;
-    let mut events = client
-        .subscribe(&stream, ShardId(0), StartingPosition::TrimHorizon)
-        .await
-        .expect("subscribe");
-    let mut got: Vec<Vec<u8>> = Vec::new();
-    let mut last = SequenceNumber(0);
-    for round in 0..3 {
-        for i in 0..5 {
-            client
-                .put_record(&stream, "k", format!("r{round}-{i}"))
-                .await
-                .expect("put");
-        }
-        while got.len() < (round + 1) * 5 {
-            let event = tokio::time::timeout(Duration::from_secs(20), events.next())
-                .await
-                .expect("an event in time")
-                .expect("open")
-                .expect("no error");
-            for r in event.records {
-                let seq = SequenceNumber::parse(&r.sequence_number, "seq").expect("valid");
-                assert!(seq > last, "repeated or out of order");
-                last = seq;
-                got.push(r.data.to_vec());
-            }
-        }
-        let desc = client.describe_stream(&stream).await.expect("describe");
-        let shard = &desc.shards[0];
-        let to = shard
-            .replicas
-            .iter()
-            .copied()
-            .find(|r| *r != shard.leader)
-            .expect("another replica");
-        client
-            .transfer_shard_leader(&stream, ShardId(0), to)
-            .await
-            .expect("transfer");
-    }
-    let expected: Vec<Vec<u8>> = (0..3)
-        .flat_map(|round| (0..5).map(move |i| format!("r{round}-{i}").into_bytes()))
-        .collect();
-    assert_eq!(got, expected);
-    client.delete_stream(&stream).await.expect("delete");
-}
-
-#[tokio::test]
-#[ignore = "needs a running cluster: set RIPTIDE_TEST_ENDPOINT"]
-async fn cluster_status_lists_every_node() {
-    let client = connect().await;
-    let status = client.cluster_status().await.expect("status");
-    assert!(status.nodes.len() >= 3, "{status:?}");
-    assert!(status.nodes.iter().all(|n| n.up));
-    assert!(status.controller_leader != 0);
+    cluster.shutdown().await;
 }
