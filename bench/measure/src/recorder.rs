@@ -241,7 +241,26 @@ impl Recorder {
 
     /// A record was acknowledged after `attempts` sends.
     pub fn acked(&self, producer: u32, seq: u64, bytes: usize, intended: u64, attempts: u32) {
-        let now = self.clock.now_nanos();
+        self.acked_at(
+            self.clock.now_nanos(),
+            producer,
+            seq,
+            bytes,
+            intended,
+            attempts,
+        );
+    }
+
+    /// [`Recorder::acked`] at `now` (nanoseconds on the run's clock).
+    fn acked_at(
+        &self,
+        now: u64,
+        producer: u32,
+        seq: u64,
+        bytes: usize,
+        intended: u64,
+        attempts: u32,
+    ) {
         let micros = now.saturating_sub(intended) / 1_000;
         let bytes = bytes as u64;
         let mut s = self.state();
@@ -498,11 +517,14 @@ mod tests {
                 end: u64::MAX,
             },
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        // Meant to be sent at time 0 and acknowledged now: at least 20 ms.
-        rec.acked(0, 0, 10, 0, 1);
+        // Meant to be sent at 5 ms and acknowledged at 25 ms: 20 ms, however late it was sent.
+        rec.acked_at(25_000_000, 0, 0, 10, 5_000_000, 1);
         let m = rec.finish(None);
         assert_eq!(m.put_ack_latency_ms.count, 1);
-        assert!(m.put_ack_latency_ms.max >= 20.0);
+        assert!(
+            (19.9..=20.1).contains(&m.put_ack_latency_ms.max),
+            "{:?}",
+            m.put_ack_latency_ms
+        );
     }
 }
