@@ -170,41 +170,22 @@ impl Core {
     /// What the controller's leader changes in a command before it commits it: a new stream's
     /// placements are made again with what only the leader knows, which nodes are down, so
     /// that no shard waits for a down node to form its group.
-    fn at_leader(&self, cmd: ControllerCommand) -> ControllerCommand {
-        let ControllerCommand::CreateStream {
-            name,
-            retention_hours,
-            created_ms,
+    fn at_leader(&self, mut cmd: ControllerCommand) -> ControllerCommand {
+        if let ControllerCommand::CreateStream {
             placements,
-            limits,
-            mode,
-            tags,
             preferred_leader_region,
-        } = cmd
-        else {
-            return cmd;
-        };
-        let down = self.down_nodes();
-        let placements = match down {
-            Some(down) if !down.is_empty() => self
-                .place_shards(
-                    placements.len() as u32,
-                    preferred_leader_region.as_deref(),
-                    &down,
-                )
-                .unwrap_or(placements),
-            _ => placements,
-        };
-        ControllerCommand::CreateStream {
-            name,
-            retention_hours,
-            created_ms,
-            placements,
-            limits,
-            mode,
-            tags,
-            preferred_leader_region,
+            ..
+        } = &mut cmd
+            && let Some(down) = self.down_nodes().filter(|down| !down.is_empty())
+            && let Ok(again) = self.place_shards(
+                placements.len() as u32,
+                preferred_leader_region.as_deref(),
+                &down,
+            )
+        {
+            *placements = again;
         }
+        cmd
     }
 
     /// Registered nodes that have not answered the liveness probes lately, as the controller's
