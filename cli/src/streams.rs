@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use riptide_client::{Client, Created, StreamOptions, v1};
+use riptide_client::{Client, Created, ErrorCode, StreamOptions, v1};
 use serde_json::json;
 
 use super::format::{status_name, stream_json, stream_text, streams_text};
@@ -97,10 +97,18 @@ async fn wait_for_active(
     let started = Instant::now();
     let mut last_progress = None;
     loop {
-        let desc = client
-            .describe_stream(name)
-            .await
-            .with_context(|| format!("waiting for stream {name} to become ACTIVE"))?;
+        let desc = match client.describe_stream(name).await {
+            Ok(desc) => desc,
+            // Right after a create, the node that answers may not have applied it yet.
+            Err(e) if e.code == ErrorCode::NotFound && started.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("waiting for stream {name} to become ACTIVE"));
+            }
+        };
         let led = desc.shards.iter().filter(|s| s.leader != 0).count();
         let progress = (status_name(&desc), led);
         if last_progress != Some(progress) {
