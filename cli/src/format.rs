@@ -376,6 +376,7 @@ mod tests {
                     since_last_answer_ms: Some(0),
                     leading_groups: vec![1, 2, 3],
                     storage_failure: String::new(),
+                    elections: None,
                 },
                 v1::NodeStatus {
                     node_id: 2,

@@ -16,7 +16,10 @@ use crate::store::state_machine::{self, GroupStateMachine};
 use crate::store::{
     Family, GroupCommit, GroupView, NodeStore, Op, RecordReads, WriterStats, decode, encode,
 };
-use crate::transport::{GroupNetworkFactory, PeerPool, TransportHandler, TransportService};
+use crate::transport::{
+    ElectionStats, Failover, GroupNetworkFactory, PeerPool, TransportHandler, TransportService,
+    TransportStats,
+};
 use crate::types::{GroupId, NodeId, Raft, StateMachine};
 
 /// Creates the application state machine of a group. `kind` is what the group was created with
@@ -67,6 +70,9 @@ struct EngineInner {
     config: EngineConfig,
     store: NodeStore,
     pool: Arc<PeerPool>,
+    stats: Arc<TransportStats>,
+    /// Turns true at shutdown: ends the failover watcher and the `Watch` calls peers hold.
+    closing: tokio::sync::watch::Sender<bool>,
     /// The groups the transport routes to.
     rafts: Arc<RwLock<HashMap<GroupId, Raft>>>,
     groups: Mutex<HashMap<GroupId, Group>>,
@@ -100,12 +106,16 @@ impl RaftEngine {
             config.group_commit,
             config.record_cache_bytes,
         )?;
-        let pool = Arc::new(PeerPool::new(config.transport.clone()));
+        let stats = Arc::new(TransportStats::default());
+        let pool = Arc::new(PeerPool::new(config.transport.clone(), stats.clone()));
+        let (closing, _) = tokio::sync::watch::channel(false);
         let engine = Self {
             inner: Arc::new(EngineInner {
                 config,
                 store,
                 pool,
+                stats,
+                closing,
                 rafts: Arc::new(RwLock::new(HashMap::new())),
                 groups: Mutex::new(HashMap::new()),
                 factory,
@@ -124,7 +134,40 @@ impl RaftEngine {
             }
             engine.start(group, &reg).await?;
         }
+        if engine.inner.config.transport.notice_dead_leaders {
+            tokio::spawn(
+                engine
+                    .failover()
+                    .run(engine.inner.closing.subscribe()),
+            );
+        }
         Ok(engine)
+    }
+
+    fn failover(&self) -> Failover {
+        Failover {
+            node: self.inner.config.node_id,
+            groups: self.inner.rafts.clone(),
+            pool: self.inner.pool.clone(),
+            stats: self.inner.stats.clone(),
+            probe_timeout: self.inner.config.transport.dead_peer_probe(),
+        }
+    }
+
+    /// Elections this node started, by cause, and the gaps between the heartbeats it received.
+    pub fn election_stats(&self) -> ElectionStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Acts as if `node`'s process had been found gone: in every group this node follows
+    /// `node` in, the replica with the longest log campaigns at once. The failover watcher does
+    /// this by itself when a peer refuses connections; tests call it to see that a leader
+    /// that is in fact alive cannot serve stale reads afterwards.
+    #[doc(hidden)]
+    pub async fn treat_as_gone(&self, node: NodeId) {
+        self.failover()
+            .take_over_from(node, "told so by the caller")
+            .await;
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -137,6 +180,8 @@ impl RaftEngine {
             self.inner.config.node_id,
             self.inner.rafts.clone(),
             self.inner.config.data_dir.join("snapshot-spool"),
+            self.inner.stats.clone(),
+            self.inner.closing.subscribe(),
         );
         TransportService::new(handler)
             .max_decoding_message_size(self.inner.config.transport.max_message_bytes)
@@ -307,6 +352,7 @@ impl RaftEngine {
             .remove(&group);
         shutdown_raft(&handle.raft, group).await;
         self.inner.store.inner.log_caches.remove(group);
+        self.inner.stats.forget_group(group);
         Ok(())
     }
 
@@ -352,6 +398,7 @@ impl RaftEngine {
     /// Stops every group, then the log writer (after a final sync).
     pub async fn shutdown(&self) {
         let _l = self.inner.lifecycle.lock().await;
+        self.inner.closing.send_replace(true);
         let groups: Vec<_> = self
             .inner
             .groups

@@ -189,6 +189,23 @@ pub struct TransportSettings {
     pub max_message_bytes: usize,
     /// Size of one snapshot chunk on the wire.
     pub snapshot_chunk_bytes: usize,
+    /// Watch every peer over a connection of its own, and when the leader of a group turns out
+    /// to be gone (its node refuses a new connection right after the old one broke), have a
+    /// successor campaign at once instead of after the lease and an election timeout.
+    #[serde(default = "default_notice_dead_leaders")]
+    pub notice_dead_leaders: bool,
+    /// How long a new connection to a peer may take to answer before the peer counts as slow
+    /// (nothing is decided) rather than gone.
+    #[serde(default = "default_dead_peer_probe_ms")]
+    pub dead_peer_probe_ms: u64,
+}
+
+fn default_notice_dead_leaders() -> bool {
+    true
+}
+
+fn default_dead_peer_probe_ms() -> u64 {
+    500
 }
 
 impl Default for TransportSettings {
@@ -203,6 +220,8 @@ impl Default for TransportSettings {
             http2_keepalive_timeout_ms: 20_000,
             max_message_bytes: 64 << 20,
             snapshot_chunk_bytes: 1 << 20,
+            notice_dead_leaders: default_notice_dead_leaders(),
+            dead_peer_probe_ms: default_dead_peer_probe_ms(),
         }
     }
 }
@@ -213,5 +232,8 @@ impl TransportSettings {
     }
     pub(crate) fn rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.rpc_timeout_ms)
+    }
+    pub(crate) fn dead_peer_probe(&self) -> Duration {
+        Duration::from_millis(self.dead_peer_probe_ms)
     }
 }

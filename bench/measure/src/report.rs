@@ -140,6 +140,50 @@ pub struct Report {
     pub loss: Loss,
     pub errors: Errors,
     pub timeline: Vec<TimelinePoint>,
+    /// Leader elections in the cluster during the run, for systems that report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elections: Option<Elections>,
+}
+
+/// Leader elections in the cluster during a run, summed over its nodes' counters (the
+/// counters after the run less those before it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elections {
+    /// Started because an election timeout ran out. With no fault injected, each one is a
+    /// leader change that no fault caused.
+    pub timeout: u64,
+    /// Started because a leader handed its leadership over (the leader balancer, a drain) or
+    /// because a leader's node was found gone.
+    pub transfer: u64,
+    /// Replicas that found their leader's node gone.
+    pub dead_leaders_noticed: u64,
+    /// Upper bounds (ms) of the heartbeat gap buckets; `heartbeat_gaps` has one more count,
+    /// for the longer gaps.
+    pub heartbeat_gap_bounds_ms: Vec<u64>,
+    /// Gaps between two heartbeats of the same leader received by a follower.
+    pub heartbeat_gaps: Vec<u64>,
+    /// The longest such gap any node saw since it started.
+    pub longest_heartbeat_gap_ms: u64,
+}
+
+impl Elections {
+    /// The gap histogram as text: `≤125 ms: 9,812 · ≤150 ms: 3 · ...`, empty buckets left out.
+    pub fn gaps_text(&self) -> String {
+        let labels = self
+            .heartbeat_gap_bounds_ms
+            .iter()
+            .map(|b| format!("<={b} ms"))
+            .chain(std::iter::once(format!(
+                ">{} ms",
+                self.heartbeat_gap_bounds_ms.last().copied().unwrap_or(0)
+            )));
+        let parts: Vec<String> = labels
+            .zip(&self.heartbeat_gaps)
+            .filter(|(_, n)| **n > 0)
+            .map(|(label, n)| format!("{label}: {}", Value::count(*n).text))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 impl Report {
@@ -163,6 +207,7 @@ impl Report {
             loss: m.loss,
             errors: m.errors,
             timeline: m.timeline,
+            elections: None,
         }
     }
 
@@ -224,6 +269,20 @@ impl Report {
             "   consumer errors".into(),
             Value::count(self.errors.consumer_errors),
         ));
+        if let Some(e) = &self.elections {
+            rows.push((
+                "   elections (timeout)".into(),
+                Value::count(e.timeout),
+            ));
+            rows.push((
+                "   elections (transfer)".into(),
+                Value::count(e.transfer),
+            ));
+            rows.push((
+                "   longest heartbeat gap ms".into(),
+                Value::count(e.longest_heartbeat_gap_ms),
+            ));
+        }
         rows
     }
 
@@ -239,6 +298,9 @@ impl Report {
         }
         for (label, value) in self.rows() {
             out.push_str(&format!("  {label:<30} {:>14}\n", value.text));
+        }
+        if let Some(e) = &self.elections {
+            out.push_str(&format!("  heartbeat gaps: {}\n", e.gaps_text()));
         }
         out
     }
@@ -317,6 +379,29 @@ pub fn median(reports: &[Report]) -> Option<Report> {
             consumer_errors: sum(&|r| r.errors.consumer_errors),
         },
         timeline: first.timeline.clone(),
+        elections: first.elections.as_ref().map(|e| Elections {
+            timeout: sum(&|r| r.elections.as_ref().map_or(0, |e| e.timeout)),
+            transfer: sum(&|r| r.elections.as_ref().map_or(0, |e| e.transfer)),
+            dead_leaders_noticed: sum(&|r| {
+                r.elections.as_ref().map_or(0, |e| e.dead_leaders_noticed)
+            }),
+            heartbeat_gap_bounds_ms: e.heartbeat_gap_bounds_ms.clone(),
+            heartbeat_gaps: (0..e.heartbeat_gaps.len())
+                .map(|i| {
+                    sum(&|r| {
+                        r.elections
+                            .as_ref()
+                            .and_then(|e| e.heartbeat_gaps.get(i).copied())
+                            .unwrap_or(0)
+                    })
+                })
+                .collect(),
+            longest_heartbeat_gap_ms: reports
+                .iter()
+                .filter_map(|r| r.elections.as_ref().map(|e| e.longest_heartbeat_gap_ms))
+                .max()
+                .unwrap_or(0),
+        }),
     })
 }
 

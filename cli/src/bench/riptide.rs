@@ -18,7 +18,7 @@ use super::kinesis::{KinesisHttp, KinesisPublisher};
 use super::{Api, BenchArgs, ConsumerMode, RIPTIDE_DURABILITY};
 use riptide_bench_measure::payload::Filler;
 use riptide_bench_measure::recorder::{Clock, Recorder, Window};
-use riptide_bench_measure::report::Report;
+use riptide_bench_measure::report::{Elections, Report};
 use riptide_bench_measure::workload::{self, Ack, Load, Outcome, ProducerPlan, Publisher};
 
 /// How long set-up may take before the first record is sent.
@@ -405,6 +405,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         StartingPosition::AtTimestamp(unix_ms().saturating_sub(5_000))
     };
 
+    let elections_before = elections(&client).await;
     let clock = Clock::new();
     let run_id = rand::random::<u64>();
     let start_at = u64::try_from(LEAD.as_nanos()).unwrap_or(u64::MAX);
@@ -487,6 +488,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     workload::run_producers(publishers, plan, &recorder, &filler)
         .await
         .context("producer task")?;
+    let elections_after = elections(&client).await;
     let live_missing = workload::wait_live_caught_up(&recorder, args.drain).await;
     let _ = stop_tx.send(true);
     for c in consumers {
@@ -535,11 +537,56 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         u32::try_from(shard_ids.len()).unwrap_or(u32::MAX),
         u32::try_from(replicas).unwrap_or(u32::MAX),
     );
-    Ok(Report::new(
+    let mut report = Report::new(
         "riptide",
         RIPTIDE_DURABILITY,
         workload,
         fsync_probe,
         measures,
-    ))
+    );
+    report.elections = match (elections_before, elections_after) {
+        (Some(before), Some(after)) => Some(elections_between(&before, &after)),
+        _ => None,
+    };
+    Ok(report)
+}
+
+/// The cluster's election counters, summed over its nodes; `None` when a node did not answer
+/// (the counts would not add up).
+async fn elections(client: &Client) -> Option<Elections> {
+    let status = client.cluster_status().await.ok()?;
+    let mut sum = Elections::default();
+    for node in &status.nodes {
+        let e = node.elections.as_ref()?;
+        sum.timeout += e.timeout_elections;
+        sum.transfer += e.transfer_elections;
+        sum.dead_leaders_noticed += e.dead_leaders_noticed;
+        sum.heartbeat_gap_bounds_ms = e.heartbeat_gap_bounds_ms.clone();
+        sum.heartbeat_gaps
+            .resize(sum.heartbeat_gaps.len().max(e.heartbeat_gaps.len()), 0);
+        for (total, n) in sum.heartbeat_gaps.iter_mut().zip(&e.heartbeat_gaps) {
+            *total += n;
+        }
+        sum.longest_heartbeat_gap_ms = sum.longest_heartbeat_gap_ms.max(e.longest_heartbeat_gap_ms);
+    }
+    Some(sum)
+}
+
+/// What happened between two readings of the counters.
+fn elections_between(before: &Elections, after: &Elections) -> Elections {
+    Elections {
+        timeout: after.timeout.saturating_sub(before.timeout),
+        transfer: after.transfer.saturating_sub(before.transfer),
+        dead_leaders_noticed: after
+            .dead_leaders_noticed
+            .saturating_sub(before.dead_leaders_noticed),
+        heartbeat_gap_bounds_ms: after.heartbeat_gap_bounds_ms.clone(),
+        heartbeat_gaps: after
+            .heartbeat_gaps
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(before.heartbeat_gaps.get(i).copied().unwrap_or(0)))
+            .collect(),
+        longest_heartbeat_gap_ms: after.longest_heartbeat_gap_ms,
+    }
 }

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::pb::raft_transport_client::RaftTransportClient;
 use super::pb::{RaftRequest, SnapshotChunk};
 use super::{decode, encode, split_append};
+use super::stats::TransportStats;
 use crate::settings::TransportSettings;
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, PeerNode, TypeConfig, Vote};
@@ -31,17 +32,32 @@ type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotDat
 pub(crate) struct PeerPool {
     settings: TransportSettings,
     channels: Mutex<HashMap<(u64, String), Channel>>,
+    stats: Arc<TransportStats>,
 }
 
 impl PeerPool {
-    pub(crate) fn new(settings: TransportSettings) -> Self {
+    pub(crate) fn new(settings: TransportSettings, stats: Arc<TransportStats>) -> Self {
         Self {
             settings,
             channels: Mutex::new(HashMap::new()),
+            stats,
         }
     }
 
-    fn client(&self, node: u64, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+    pub(crate) fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.http2_keepalive_interval_ms)
+    }
+
+    pub(crate) fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.http2_keepalive_timeout_ms)
+    }
+
+    /// A client of `node` over the cached channel to it.
+    pub(crate) fn client(
+        &self,
+        node: u64,
+        addr: &str,
+    ) -> Result<RaftTransportClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let key = (node, addr.to_string());
         let channel = match channels.get(&key) {
@@ -95,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
         PeerClient {
+            pool: self.pool.clone(),
             client: self.pool.client(target, &node.addr),
             group: self.group,
             target,
@@ -108,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
 /// Sends one group's messages to one peer.
 pub(crate) struct PeerClient {
+    pool: Arc<PeerPool>,
     client: Result<RaftTransportClient<Channel>, String>,
     group: GroupId,
     target: u64,
@@ -301,6 +319,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        use openraft::vote::RaftLeaderId;
+        self.pool
+            .stats
+            .vote_sent(self.group, rpc.vote.leader_id().term(), rpc.leadership_transfer);
         self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
             .await
     }

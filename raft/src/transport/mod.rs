@@ -12,10 +12,15 @@
 //! to a peer is multiplexed over one HTTP/2 connection.
 
 mod client;
+mod failover;
 mod server;
+mod stats;
 
 pub(crate) use client::{GroupNetworkFactory, PeerPool};
+pub(crate) use failover::Failover;
 pub(crate) use server::TransportHandler;
+pub(crate) use stats::TransportStats;
+pub use stats::{ElectionStats, HEARTBEAT_GAP_BOUNDS_MS};
 
 use openraft::EntryPayload;
 use openraft::raft::AppendEntriesRequest;

@@ -8,10 +8,13 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt};
 use openraft::raft::AppendEntriesRequest;
 use tokio::io::AsyncWriteExt;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::raft_transport_server::RaftTransport;
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
+use super::stats::TransportStats;
 use super::{decode, encode, join_append};
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
@@ -25,14 +28,25 @@ pub struct TransportHandler {
     node_id: NodeId,
     groups: GroupTable,
     spool_dir: PathBuf,
+    stats: Arc<TransportStats>,
+    /// Turns true when the engine shuts down; ends the `Watch` calls.
+    closing: watch::Receiver<bool>,
 }
 
 impl TransportHandler {
-    pub(crate) fn new(node_id: NodeId, groups: GroupTable, spool_dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        node_id: NodeId,
+        groups: GroupTable,
+        spool_dir: PathBuf,
+        stats: Arc<TransportStats>,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             node_id,
             groups,
             spool_dir,
+            stats,
+            closing,
         }
     }
 
@@ -109,6 +123,12 @@ impl RaftTransport for TransportHandler {
             .ok_or_else(|| Status::invalid_argument("empty append stream"))?;
         let raft = self.route(first.group_id, first.target_node)?;
         let (group, target) = (first.group_id, first.target_node);
+        // Every heartbeat opens a stream of its own.
+        self.stats.heartbeat_received(
+            GroupId(group),
+            first.from_node,
+            std::time::Instant::now(),
+        );
         let first_rpc = append_payload(first)?;
 
         // Every later message must be for the same group and node and must decode; the input
@@ -183,6 +203,33 @@ impl RaftTransport for TransportHandler {
         let raft = self.route(req.group_id, req.target_node)?;
         let rpc = payload(&req.payload, "transfer-leader request")?;
         reply(raft.handle_transfer_leader(rpc).await)
+    }
+
+    type WatchStream = ReplyStream;
+
+    async fn watch(
+        &self,
+        _request: Request<RaftRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut closing = self.closing.clone();
+        // Sends nothing; ends when the engine shuts down, so that the server's graceful
+        // shutdown does not wait for it.
+        let end = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        let stream = futures::stream::once(end).filter_map(|()| std::future::ready(None));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn log_state(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let raft = self.route(req.group_id, req.target_node)?;
+        let vote = raft.metrics().borrow_watched().vote.clone();
+        let last = raft.data_metrics().borrow_watched().last_log.clone();
+        reply(Ok::<_, String>((vote, last)))
     }
 }
 

@@ -254,11 +254,22 @@ impl TestCluster {
 
     /// Creates `groups` on every node of `members` and forms each with them as voters.
     pub async fn create_groups(&self, groups: &[GroupId], members: &[NodeId]) {
+        self.create_groups_with(groups, members, test_settings())
+            .await
+    }
+
+    /// [`TestCluster::create_groups`] with the given group settings.
+    pub async fn create_groups_with(
+        &self,
+        groups: &[GroupId],
+        members: &[NodeId],
+        settings: GroupSettings,
+    ) {
         let addrs: BTreeMap<NodeId, String> = members.iter().map(|m| (*m, self.addr(*m))).collect();
         for g in groups {
             for m in members {
                 self.engine(*m)
-                    .create_group(*g, test_settings(), b"log")
+                    .create_group(*g, settings.clone(), b"log")
                     .await
                     .expect("create group");
             }

@@ -47,6 +47,19 @@ impl Core {
             .filter(|s| s.node_id == id)
     }
 
+    /// Elections of this node's replicas and the heartbeat gaps they saw.
+    fn election_counters(&self) -> v1::ElectionCounters {
+        let s = self.engine.election_stats();
+        v1::ElectionCounters {
+            timeout_elections: s.timeout_elections,
+            transfer_elections: s.transfer_elections,
+            dead_leaders_noticed: s.dead_leaders_noticed,
+            heartbeat_gap_bounds_ms: riptide_raft::HEARTBEAT_GAP_BOUNDS_MS.to_vec(),
+            heartbeat_gaps: s.heartbeat_gaps,
+            longest_heartbeat_gap_ms: s.longest_heartbeat_gap_ms,
+        }
+    }
+
     /// This node's own line of the cluster status. A node whose storage failed reports itself
     /// down, with the reason.
     pub fn local_status(&self) -> v1::NodeStatus {
@@ -92,6 +105,7 @@ impl Core {
             since_last_answer_ms: None,
             leading_groups,
             storage_failure: storage_failure.unwrap_or_default(),
+            elections: Some(self.election_counters()),
         }
     }
 
