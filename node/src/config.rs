@@ -69,9 +69,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimingProfile {
-    /// Nodes a few milliseconds apart: shards heartbeat every 100 ms and elect after 1.5 to 2 s
-    /// of silence (the leader's lease, the election timeout's max of 1 s, plus a timeout of
-    /// 0.5 to 1 s); the controller every 50 ms, after 0.9 to 1.2 s.
+    /// Nodes a few milliseconds apart: shards heartbeat every 100 ms and elect after 0.9 to
+    /// 1.2 s of silence (the leader's lease, the election timeout's max of 600 ms, plus a
+    /// timeout of 300 to 600 ms); the controller every 50 ms, after 0.9 to 1.2 s.
     #[default]
     DataCentre,
     /// Regions 50 to 150 ms apart: every group heartbeats every 200 ms and elects after 2.5 to
