@@ -5,8 +5,9 @@
 //! 1 to 2 s with the data-centre settings. But a process that dies has its connections reset
 //! by its kernel, which also refuses new ones, while a process that is only slow (or frozen,
 //! or cut off) keeps them. So each node holds one `Watch` call open to every peer that is a
-//! member of one of its groups, on a connection of its own. When the call breaks, the node
-//! connects again at once:
+//! member of one of its groups, on a connection of its own. A peer that shuts down sends one
+//! message on it first, and its groups' successors are elected at once. When the call breaks,
+//! the node connects again at once:
 //!
 //! - the peer answers: it is alive (it restarted, or the connection was dropped on the way);
 //!   nothing happens;
@@ -138,14 +139,28 @@ impl Failover {
             }
             let wait = match self.probe(peer, &addr).await {
                 Probe::Open(mut stream) => {
-                    retry = MIN_RETRY;
-                    tokio::select! {
-                        // The answer stream carries nothing: it ends only when the call breaks
-                        // or the peer shuts down.
-                        _ = async { while let Some(Ok(_)) = stream.next().await {} } => {}
+                    let opened = tokio::time::Instant::now();
+                    let message = tokio::select! {
+                        m = stream.next() => m,
                         _ = closing.wait_for(|c| *c) => return,
+                    };
+                    match message {
+                        // The one message the peer sends: it is shutting down.
+                        Some(Ok(_)) => {
+                            self.take_over_from(NodeId(peer), "it is shutting down").await;
+                            retry
+                        }
+                        // The call broke: connect again at once, unless it had only just
+                        // opened (then wait, so that a peer that keeps ending calls is not
+                        // asked again in a tight loop).
+                        Some(Err(_)) | None => {
+                            if opened.elapsed() >= MAX_RETRY {
+                                retry = MIN_RETRY;
+                                continue;
+                            }
+                            retry
+                        }
                     }
-                    continue;
                 }
                 Probe::Gone(why) => {
                     self.take_over_from(NodeId(peer), &why).await;

@@ -19,6 +19,9 @@ use super::{decode, encode, join_append};
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
+/// The one message of a `Watch` call: the node is shutting down.
+pub(crate) const WATCH_CLOSING: &str = "closing";
+
 /// The groups a node hosts, as the transport sees them.
 pub(crate) type GroupTable = Arc<RwLock<HashMap<GroupId, Raft>>>;
 
@@ -212,13 +215,16 @@ impl RaftTransport for TransportHandler {
         _request: Request<RaftRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut closing = self.closing.clone();
-        // Sends nothing; ends when the engine shuts down, so that the server's graceful
-        // shutdown does not wait for it.
+        // Sends nothing until the engine shuts down; then one message, so that the peer elects
+        // successors to this node's groups at once, and the call ends (the server's graceful
+        // shutdown does not wait for it).
         let end = async move {
             let _ = closing.wait_for(|c| *c).await;
+            Ok(RaftReply {
+                payload: encode(&WATCH_CLOSING),
+            })
         };
-        let stream = futures::stream::once(end).filter_map(|()| std::future::ready(None));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(futures::stream::once(end))))
     }
 
     async fn log_state(
