@@ -1,6 +1,8 @@
 //! Calls, routing and retries: which node a call goes to (a shard's leader from the cached
 //! shard map, or any node, which forwards), how often it is sent again after which failures,
-//! and what the client learns from answers (a forwarded call names the shard's new leader).
+//! what the client learns from answers (a forwarded call names the shard's new leader), and
+//! where a shard's call goes when its leader leaves it unanswered (to the next leader too,
+//! once the shard map names one).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,7 +59,7 @@ pub(crate) enum Retry {
     IfNeverSent,
 }
 
-/// A call's answer, or none when it timed out.
+/// What one copy of a call came back with: the node's response, or the failure.
 type CallAnswer<T> = Result<tonic::Response<T>, tonic::Status>;
 
 /// A copy of a call: the node it went to, and the call while it is unanswered (the first
@@ -204,7 +206,8 @@ impl Client {
         };
         let node = self.inner.nodes.pick(preferred);
         let timeout = self.inner.config.request_timeout;
-        let give_up_at = tokio::time::Instant::now() + timeout;
+        let sent_at = tokio::time::Instant::now();
+        let give_up_at = sent_at + timeout;
         let recheck_after = match route {
             Route::Shard(..) => self
                 .inner
@@ -215,7 +218,7 @@ impl Client {
         };
         // One timer, as a plain timeout would take: the request timeout, or the deadline
         // after which a shard's call looks for another leader.
-        let timer = tokio::time::sleep(recheck_after.unwrap_or(timeout));
+        let timer = tokio::time::sleep_until(sent_at + recheck_after.unwrap_or(timeout));
         let first = call(self.api(&node));
         tokio::pin!(first, timer);
         let answered = tokio::select! {
