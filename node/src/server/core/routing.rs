@@ -10,10 +10,10 @@
 //! request to another node with the count one higher.
 //!
 //! A call forwarded to a shard's leader that has no answer within [`FORWARD_ANSWER_DEADLINE`]
-//! does not wait on a leader that froze or was cut off: [`Core::forward_to_leader`] checks
+//! does not wait on a leader that froze or was cut off: `Core::forward_to_leader` checks
 //! every [`LEADER_RECHECK_EVERY`] whether this node's replica of the shard sees another leader
 //! now (or leads itself), and if so gives the call up for the caller to route it again. A
-//! write sent again so is noted ([`note_resent`]) and its answer says so (`x-riptide-resent`),
+//! write sent again so is noted (`note_resent`) and its answer says so (`x-riptide-resent`),
 //! since the first copy may have been stored too.
 
 use std::cell::{Cell, RefCell};
