@@ -1,6 +1,8 @@
 //! riptide-client: the async client applications embed to use a Riptide cluster over its
 //! native gRPC API. It finds the cluster's nodes, routes each record to its shard's leader by
-//! hash key, retries what is safe to retry with backoff under a deadline, batches writes in a
+//! hash key, sends a call that a silent leader leaves unanswered on to the shard's next leader
+//! once the cluster has elected one ([`ClientConfig::leader_answer_deadline`]), retries what is
+//! safe to retry with backoff under a deadline, batches writes in a
 //! [`Producer`] and reads shards with a polling [`Consumer`] or a push subscription
 //! ([`Client::subscribe`]).
 //!

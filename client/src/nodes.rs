@@ -51,6 +51,14 @@ pub(crate) struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// Whether `other` is the same node: the same handle, the same member id, or the same
+    /// address (a configured endpoint and the member it turned out to be).
+    pub fn is(&self, other: &NodeHandle) -> bool {
+        std::ptr::eq(self, other)
+            || (self.id.is_some() && self.id == other.id)
+            || self.address == other.address
+    }
+
     fn suspect(&self, now: Instant) -> bool {
         self.health
             .lock()
@@ -247,6 +255,40 @@ impl NodePool {
         Arc::clone(all[turn % all.len()])
     }
 
+    /// The member `id`, if known, whatever its health: for a node that the cluster just named
+    /// a shard's leader.
+    pub fn member(&self, id: u64) -> Option<Arc<NodeHandle>> {
+        self.read().by_id.get(&id).map(Arc::clone)
+    }
+
+    /// A node other than those in `avoid`: the next healthy member in turn, else a healthy
+    /// configured endpoint, else any other node. `None` when the client knows no other node.
+    pub fn pick_other(&self, avoid: &[Arc<NodeHandle>]) -> Option<Arc<NodeHandle>> {
+        let now = Instant::now();
+        let members = self.read();
+        let other = |h: &&Arc<NodeHandle>| !avoid.iter().any(|a| a.is(h));
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let choose = |from: Vec<&Arc<NodeHandle>>| {
+            (!from.is_empty()).then(|| Arc::clone(from[turn % from.len()]))
+        };
+        let healthy = members
+            .by_id
+            .values()
+            .filter(other)
+            .filter(|h| h.up && !h.suspect(now))
+            .collect();
+        let seeds = members
+            .seeds
+            .iter()
+            .filter(other)
+            .filter(|h| !h.suspect(now))
+            .collect();
+        let any = members.by_id.values().chain(&members.seeds).filter(other);
+        choose(healthy)
+            .or_else(|| choose(seeds))
+            .or_else(|| choose(any.collect()))
+    }
+
     /// Skips `node` for a while after its connection failed: 1 s, doubling with each failure
     /// in a row up to 30 s.
     pub fn mark_failed(&self, node: &NodeHandle) {
@@ -358,6 +400,42 @@ mod tests {
             Some(2),
             "a node that answered is used again"
         );
+    }
+
+    #[tokio::test]
+    async fn another_node_is_picked_around_the_ones_a_call_waits_on() {
+        let pool = NodePool::new(&["127.0.0.1:7101".to_string()], settings()).expect("valid");
+        let seed = pool.pick(None);
+        assert!(
+            pool.pick_other(std::slice::from_ref(&seed)).is_none(),
+            "no other node is known"
+        );
+        pool.update(&status(&[
+            (1, "127.0.0.1:7101", true),
+            (2, "127.0.0.1:7102", true),
+            (3, "127.0.0.1:7103", true),
+        ]));
+        let one = pool.member(1).expect("known");
+        assert!(one.is(&seed), "the seed is member 1 by its address");
+        let two = pool.member(2).expect("known");
+        let avoid = [Arc::clone(&one), Arc::clone(&two)];
+        for _ in 0..4 {
+            let other = pool.pick_other(&avoid).expect("node 3");
+            assert_eq!(other.id, Some(3));
+        }
+        let three = pool.member(3).expect("known");
+        pool.mark_failed(&three);
+        assert_eq!(
+            pool.pick_other(&avoid).and_then(|n| n.id),
+            Some(3),
+            "a node that failed lately is still asked when it is the only other one"
+        );
+        let picked: std::collections::BTreeSet<_> = (0..6)
+            .filter_map(|_| pool.pick_other(&avoid[..1]))
+            .filter_map(|n| n.id)
+            .collect();
+        assert_eq!(picked, [2].into(), "healthy nodes first");
+        assert!(pool.member(4).is_none());
     }
 
     #[tokio::test]

@@ -1,19 +1,24 @@
-//! A node whose storage failed: it reports itself down, refuses every call with an error that
-//! is not retryable, and the other nodes take over its shards.
+//! Faults injected with failpoints, so this binary is built only with the `failpoints`
+//! feature, and nextest runs each test in a process of its own. Failpoints are named after one
+//! node's directory, since the three nodes share this process and its failpoint registry.
 //!
-//! The store's syncs are made to fail with the failpoint `log_writer::sync_fails:<store dir>`
-//! (named after one node's store, since the three nodes share this process and its failpoint
-//! registry), so this binary is built only with the `failpoints` feature, and nextest runs it
-//! in a process of its own.
+//! - A node whose storage failed (its syncs fail with `log_writer::sync_fails:<store dir>`):
+//!   it reports itself down, refuses every call with an error that is not retryable, and the
+//!   other nodes take over its shards.
+//! - A shard leader that takes a forwarded write in and leaves it unanswered
+//!   (`core::hold_writes:<data dir>`): once another node leads the shard, the forwarding node
+//!   sends the write there, or writes it itself, and says that it sent it twice.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestCluster, eventually, shard_groups};
+use common::{TestCluster, eventually, iterator, read_from, shard_groups};
 use riptide_proto::v1::admin_service_client::AdminServiceClient;
 use riptide_proto::v1::{self};
-use riptide_proto::{ErrorCode, status_code};
+use riptide_proto::{ErrorCode, RESENT_HEADER, status_code};
 
 const WAIT: Duration = Duration::from_secs(60);
 const STREAM: &str = "poisoned";
@@ -194,5 +199,126 @@ async fn a_node_whose_storage_failed_reports_itself_down_and_its_shards_move_awa
         },
     )
     .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_its_leader_leaves_unanswered_goes_to_the_next_leader() {
+    forwarded_write_moves_to_the_next_leader(NextLeader::AnotherNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_its_leader_leaves_unanswered_is_written_by_the_forwarding_node() {
+    forwarded_write_moves_to_the_next_leader(NextLeader::TheForwardingNode).await;
+}
+
+/// Where the shard's leadership moves while its old leader holds a forwarded write.
+enum NextLeader {
+    AnotherNode,
+    TheForwardingNode,
+}
+
+/// A write sent to a node that does not lead the shard, forwarded to the leader, which holds it
+/// unanswered (`core::hold_writes`) while its connection stays up: once the leadership moved,
+/// the forwarding node gives up on the old leader and the write is stored once, by the new
+/// one, and the answer says it was sent twice. Without the re-check the forwarding node would
+/// wait on the old leader until the forward timed out, and answer an error.
+async fn forwarded_write_moves_to_the_next_leader(next: NextLeader) {
+    const HELD: &str = "held";
+    let cluster = TestCluster::start(3, |_| {}).await;
+    cluster.create_active(0, HELD, 1).await;
+    let group = shard_groups(cluster.node(0).expect("up"), HELD)[0];
+    let mut leader = None;
+    eventually(WAIT, "the shard has a leader", || {
+        leader = cluster.leader_of(group);
+        let found = leader.is_some();
+        async move { found }
+    })
+    .await;
+    let leader = leader.expect("checked above");
+    let forwarder = (leader + 1) % 3;
+    let new_leader = match next {
+        NextLeader::AnotherNode => (leader + 2) % 3,
+        NextLeader::TheForwardingNode => forwarder,
+    };
+    let put = |data: &str| v1::PutRecordsRequest {
+        stream_name: HELD.into(),
+        records: vec![v1::PutRecordsEntry {
+            data: data.as_bytes().to_vec().into(),
+            partition_key: "k".into(),
+            explicit_hash_key: None,
+        }],
+        numeric_positions: false,
+    };
+    let mut api = cluster.api(forwarder).await;
+    let first = api.put_records(put("before")).await.expect("put");
+    assert!(!first.metadata().contains_key(RESENT_HEADER));
+
+    let dir = cluster.configs[leader].data_dir.display().to_string();
+    let held = Arc::new(AtomicUsize::new(0));
+    fail::cfg(format!("core::hold_writes:{dir}"), "return").expect("failpoint");
+    fail::cfg_callback(format!("core::holding_write:{dir}"), {
+        let held = Arc::clone(&held);
+        move || {
+            held.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .expect("failpoint");
+    let write = tokio::spawn({
+        let mut api = api.clone();
+        async move { api.put_records(put("moved")).await }
+    });
+    eventually(WAIT, "the old leader holds the forwarded write", || {
+        let n = held.load(Ordering::SeqCst);
+        async move { n == 1 }
+    })
+    .await;
+    cluster
+        .node(leader)
+        .expect("up")
+        .engine()
+        .group(riptide_raft::GroupId(group))
+        .expect("replica")
+        .transfer_leader(riptide_raft::NodeId(new_leader as u64 + 1), WAIT)
+        .await
+        .expect("transfer");
+
+    let answer = tokio::time::timeout(WAIT, write)
+        .await
+        .expect("the forwarding node answers")
+        .expect("task")
+        .expect("the write is stored by the next leader");
+    assert!(
+        answer.metadata().contains_key(RESENT_HEADER),
+        "the answer says the write was sent twice: {:?}",
+        answer.metadata()
+    );
+    let answer = answer.into_inner();
+    assert_eq!(answer.failed_record_count, 0, "{answer:?}");
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        1,
+        "the old leader held it once"
+    );
+    fail::remove(format!("core::hold_writes:{dir}"));
+    fail::remove(format!("core::holding_write:{dir}"));
+
+    let mut reader = cluster.api(new_leader).await;
+    let it = iterator(
+        &mut reader,
+        HELD,
+        0,
+        v1::ShardIteratorType::TrimHorizon,
+        "",
+        0,
+    )
+    .await
+    .expect("iterator");
+    let stored: Vec<Vec<u8>> = read_from(&mut reader, it)
+        .await
+        .into_iter()
+        .map(|r| r.data.to_vec())
+        .collect();
+    assert_eq!(stored, [b"before".to_vec(), b"moved".to_vec()]);
     cluster.shutdown().await;
 }

@@ -11,3 +11,9 @@ pub const HOPS_HEADER: &str = "x-riptide-hops";
 /// Set on an answer that another node served (a part of): that node's address (or id). The
 /// client takes it as the shard's leader and refreshes its shard map.
 pub const FORWARDED_TO_HEADER: &str = "x-riptide-forwarded-to";
+
+/// Set on a write's answer when a node on its way had no answer from the shard's leader in
+/// time, found that another node leads the shard now, and sent the records there as well: the
+/// first copy may have been stored too, as after a client's retry. The client counts it as
+/// one more attempt of each record the call carried.
+pub const RESENT_HEADER: &str = "x-riptide-resent";

@@ -18,6 +18,6 @@ pub mod v1 {
 }
 
 pub use error::{ErrorCode, connection_refused, status_code};
-pub use headers::{ERROR_CODE_HEADER, FORWARDED_TO_HEADER, HOPS_HEADER};
+pub use headers::{ERROR_CODE_HEADER, FORWARDED_TO_HEADER, HOPS_HEADER, RESENT_HEADER};
 pub use ids::{IdError, SequenceNumber, ShardId, StreamName};
 pub use routing::{HashKeyRange, hash_key_of, parse_hash_key, shard_for, split_hash_space};

@@ -52,6 +52,17 @@ pub struct ClientConfig {
     /// retried on other nodes. This is how a client notices a node that froze or was cut off
     /// long before `request_timeout`.
     pub keepalive_timeout: Duration,
+    /// How long a call sent to a shard's leader (a put, a read, an iterator) waits for its
+    /// answer before the client checks whether the shard has another leader now (default
+    /// 250 ms; `None` or zero never checks). While the call stays unanswered, the client asks a
+    /// node other than the one it waits on for the stream's shard map, about every 200 ms
+    /// until `request_timeout`; once the map names another leader, the same call goes there
+    /// too, and the first success is the answer. A leader that froze or was cut off thus
+    /// costs about an election, not `keepalive_timeout`. A leader that is only slow keeps its
+    /// call and costs a `DescribeStream` now and then (one for all the calls of a client
+    /// that wait), never a second copy. The extra copy of a put counts in
+    /// [`PutResult::attempts`]: the first may have been stored as well.
+    pub leader_answer_deadline: Option<Duration>,
     /// Whether to learn the cluster's members at connect time and send each shard's calls
     /// straight to its leader (default true). Without it every call goes to the configured
     /// endpoints, which forward.
@@ -76,6 +87,7 @@ impl Default for ClientConfig {
             max_message_bytes: 64 * 1024 * 1024,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
+            leader_answer_deadline: Some(Duration::from_millis(250)),
             discover_nodes: true,
             numeric_sequence_numbers: false,
         }
@@ -126,8 +138,11 @@ pub struct PutResult {
     pub shard_id: ShardId,
     /// The record's sequence number within the shard.
     pub sequence_number: SequenceNumber,
-    /// How many times the record was sent. Above 1, an earlier attempt may have been written
-    /// as well (its answer was lost), so the record may appear twice in the shard.
+    /// How many times the record was sent: by the client (each retry, and each copy sent to a
+    /// shard's new leader while the old one did not answer), and by a node that forwarded it
+    /// and sent it on to a new leader in the same way. Above 1, an earlier attempt may have
+    /// been written as well (its answer was lost), so the record may appear twice in the
+    /// shard.
     pub attempts: u32,
 }
 
@@ -137,6 +152,8 @@ struct Inner {
     nodes: NodePool,
     maps: Mutex<HashMap<String, CachedMap>>,
     map_refresh: tokio::sync::Mutex<()>,
+    /// Held while asking for a shard map on behalf of calls that wait on a silent leader.
+    map_recheck: tokio::sync::Mutex<()>,
     node_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -145,7 +162,8 @@ struct Inner {
 /// Every node accepts every call and forwards it where it must go, so the client only
 /// optimises: it keeps each stream's shard map and sends a shard's calls straight to the
 /// shard's leader, refreshing the map when a node reports that it had to forward or when a
-/// leader stops answering.
+/// leader stops answering, and sending a call that its leader leaves unanswered to the
+/// shard's next leader once the cluster has one.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -199,6 +217,7 @@ impl Client {
                 nodes,
                 maps: Mutex::new(HashMap::new()),
                 map_refresh: tokio::sync::Mutex::new(()),
+                map_recheck: tokio::sync::Mutex::new(()),
                 node_refresh: tokio::sync::Mutex::new(None),
             }),
         };

@@ -155,19 +155,22 @@ impl Client {
         let mut calls = 0;
         while !pending.is_empty() {
             calls += 1;
-            // Encoded from the shared entries: a retry copies no record.
-            let request = SharedPutRecords {
-                stream_name: stream.to_string(),
-                entries: Arc::clone(&entries),
-                pending: pending.clone(),
-                numeric_positions: true,
-            };
-            for &i in &pending {
-                attempts[i] += 1;
-            }
-            let outcome = self
-                .attempt(route, |ch| async move { ch.put_records(request).await })
+            // Encoded from the shared entries: a retry, or a copy sent to a new leader while
+            // the old one does not answer, copies no record.
+            let (outcome, copies) = self
+                .attempt(route, |ch| {
+                    let request = SharedPutRecords {
+                        stream_name: stream.to_string(),
+                        entries: Arc::clone(&entries),
+                        pending: pending.clone(),
+                        numeric_positions: true,
+                    };
+                    async move { ch.put_records(request).await }
+                })
                 .await;
+            for &i in &pending {
+                attempts[i] += copies;
+            }
             let mut retry = Vec::new();
             match outcome {
                 Ok(reply) if reply.records.len() != pending.len() => {

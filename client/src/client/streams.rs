@@ -156,9 +156,10 @@ impl Client {
         let request = v1::DescribeStreamRequest {
             stream_name: name.to_string(),
         };
-        let answer = self
-            .attempt(Route::Node(node), |ch| async move {
-                ch.stream().describe_stream(request).await
+        let (answer, _) = self
+            .attempt(Route::Node(node), |ch| {
+                let request = request.clone();
+                async move { ch.stream().describe_stream(request).await }
             })
             .await;
         match answer {

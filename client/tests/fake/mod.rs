@@ -20,6 +20,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
 mod admin;
+mod hold;
 
 /// One call as a node received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Call {
     pub records: usize,
     /// Whether the receiving node led that shard.
     pub at_leader: bool,
+    /// Whether the node held the call unanswered (see [`Faults::hold`]).
+    pub held: bool,
 }
 
 /// Faults the next calls run into.
@@ -54,6 +57,9 @@ pub struct Faults {
     pub forward_by_address: bool,
     /// Hold every PutRecords answer this long after its records are stored.
     pub put_answer_delay: Option<Duration>,
+    /// Calls (by method) that one node (by id) takes in and leaves unanswered, storing
+    /// nothing, until [`FakeCluster::release_held`]: a leader that froze.
+    pub hold: HashMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -85,6 +91,10 @@ pub struct State {
     puts_open: HashMap<u32, usize>,
     /// The most such calls one shard had at once.
     pub most_puts_open: usize,
+    /// Wakes the calls [`Faults::hold`] holds.
+    release: Arc<tokio::sync::Notify>,
+    /// Calls held and not yet released or given up by their client.
+    pub held_open: usize,
 }
 
 impl State {
@@ -253,6 +263,7 @@ impl FakeNode {
             shard: shard.map(|(_, i)| i as u32),
             records,
             at_leader,
+            held: false,
         });
         let mut response = Response::new(value);
         if let Some(l) = leader.filter(|_| !at_leader) {
@@ -280,6 +291,7 @@ impl FakeNode {
             shard: None,
             records: 0,
             at_leader: true,
+            held: false,
         });
     }
 }
@@ -483,6 +495,7 @@ impl StreamService for FakeNode {
         &self,
         request: Request<v1::PutRecordRequest>,
     ) -> Result<Response<v1::PutRecordResponse>, Status> {
+        self.hold_if_asked("PutRecord").await;
         let r = request.into_inner();
         let mut state = self.lock();
         if let Err(e) = state.fault("PutRecord") {
@@ -512,6 +525,7 @@ impl StreamService for FakeNode {
         &self,
         request: Request<v1::PutRecordsRequest>,
     ) -> Result<Response<v1::PutRecordsResponse>, Status> {
+        self.hold_if_asked("PutRecords").await;
         let r = request.into_inner();
         // The lock is not held while an answer is delayed.
         let (reply, count, first_shard, held) = {
@@ -630,6 +644,7 @@ impl StreamService for FakeNode {
         &self,
         request: Request<v1::GetRecordsRequest>,
     ) -> Result<Response<v1::GetRecordsResponse>, Status> {
+        self.hold_if_asked("GetRecords").await;
         let r = request.into_inner();
         let mut state = self.lock();
         if state.faults.expire_next_get_records > 0 {

@@ -17,14 +17,14 @@ use riptide_proto::v1;
 use riptide_proto::v1::admin_service_server::AdminService;
 use riptide_proto::v1::node_internal_server::NodeInternal;
 use riptide_proto::v1::stream_service_server::StreamService;
-use riptide_proto::{FORWARDED_TO_HEADER, SequenceNumber, ShardId, StreamName};
+use riptide_proto::{FORWARDED_TO_HEADER, RESENT_HEADER, SequenceNumber, ShardId, StreamName};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::controller::{ControllerCommand, NodeInfo};
 use crate::error::ServiceError;
 use crate::server::core::Core;
-use crate::server::core::routing::{self, hops_of};
+use crate::server::core::routing::{self, Served, hops_of};
 use crate::validate;
 
 /// Serves [`StreamService`], [`AdminService`] and [`NodeInternal`] over one [`Core`].
@@ -76,11 +76,18 @@ impl Api {
 type Reply<T> = Result<Response<T>, Status>;
 
 /// An answer that tells the client which node served it, when that was another node, so that
-/// the client can refresh its view of the shard leaders.
-fn forwarded_reply<T>(v: T, to: Option<String>) -> Reply<T> {
+/// the client can refresh its view of the shard leaders, and whether a part of the request was
+/// sent to two leaders (so that the client counts the copy as an attempt).
+fn forwarded_reply<T>(v: T, served: Served) -> Reply<T> {
     let mut resp = Response::new(v);
-    if let Some(value) = to.and_then(|a| a.parse().ok()) {
+    if let Some(value) = served.forwarded_to.and_then(|a| a.parse().ok()) {
         resp.metadata_mut().insert(FORWARDED_TO_HEADER, value);
+    }
+    if served.resent {
+        resp.metadata_mut().insert(
+            RESENT_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
     }
     Ok(resp)
 }
@@ -303,7 +310,7 @@ impl StreamService for Api {
         r.shard_id.parse::<ShardId>().map_err(ServiceError::from)?;
         // Forwarded when this node does not lead the shard: the answer then names the leader,
         // so that the client opens its next subscription there.
-        let (first, forwarded_to) = routing::serve(
+        let (first, opened) = routing::serve(
             0,
             core.get_shard_iterator(v1::GetShardIteratorRequest {
                 stream_name: r.stream_name.clone(),
@@ -335,7 +342,7 @@ impl StreamService for Api {
                     // records are readable: a read that comes back short has seen everything
                     // applied before this line.
                     applied.borrow_and_update();
-                    let (batch, forwarded_to) =
+                    let (batch, served) =
                         routing::serve(0, core.get_records(&iterator, 0, numeric)).await;
                     let batch = match batch {
                         Ok(b) => b,
@@ -344,7 +351,7 @@ impl StreamService for Api {
                             return;
                         }
                     };
-                    let served_here = forwarded_to.is_none();
+                    let served_here = served.forwarded_to.is_none();
                     // A subscription opened at the shard's leader follows the leadership: once it
                     // has moved, the stream ends after this batch and the client opens it again at
                     // the new leader, after the last record it received, instead of every later
@@ -396,7 +403,7 @@ impl StreamService for Api {
         );
         forwarded_reply(
             Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            forwarded_to,
+            opened,
         )
     }
 }

@@ -26,20 +26,24 @@ impl Core {
             &req.starting_sequence_number,
             req.timestamp_ms,
         )?;
-        let group = match self.route(shard).await? {
-            Route::Local(g) => g,
-            Route::Remote(addrs) => {
-                return Ok(self
-                    .forward(&addrs, |addr| {
-                        let req = req.clone();
-                        async move {
-                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
-                            c.get_shard_iterator(routing::onward(req)).await
-                        }
-                    })
-                    .await?
-                    .into_inner()
-                    .shard_iterator);
+        let recheck_until = tokio::time::Instant::now() + routing::FORWARD_TIMEOUT;
+        let group = loop {
+            let addrs = match self.route(shard).await? {
+                Route::Local(g) => break g,
+                Route::Remote(addrs) => addrs,
+            };
+            let forwarded = self
+                .forward_to_leader(shard, &addrs, recheck_until, |addr| {
+                    let req = req.clone();
+                    async move {
+                        let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                        c.get_shard_iterator(routing::onward(req)).await
+                    }
+                })
+                .await;
+            // None: the leader did not answer and another leads the shard now; route again.
+            if let Some(answer) = forwarded {
+                return Ok(answer.map_err(|(e, _)| e)?.into_inner().shard_iterator);
             }
         };
         let view = group.view();
@@ -86,24 +90,29 @@ impl Core {
             ));
         }
         let shard = self.shard(&info, &it.shard.to_string())?;
-        let group = match self.route(shard).await? {
-            Route::Local(g) => g,
-            Route::Remote(addrs) => {
-                let req = v1::GetRecordsRequest {
-                    shard_iterator: token.to_string(),
-                    limit: limit as u32,
-                    numeric_positions,
-                };
-                return Ok(self
-                    .forward(&addrs, |addr| {
-                        let req = req.clone();
-                        async move {
-                            let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
-                            c.get_records(routing::onward(req)).await
-                        }
-                    })
-                    .await?
-                    .into_inner());
+        let recheck_until = tokio::time::Instant::now() + routing::FORWARD_TIMEOUT;
+        let group = loop {
+            let addrs = match self.route(shard).await? {
+                Route::Local(g) => break g,
+                Route::Remote(addrs) => addrs,
+            };
+            let req = v1::GetRecordsRequest {
+                shard_iterator: token.to_string(),
+                limit: limit as u32,
+                numeric_positions,
+            };
+            let forwarded = self
+                .forward_to_leader(shard, &addrs, recheck_until, |addr| {
+                    let req = req.clone();
+                    async move {
+                        let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
+                        c.get_records(routing::onward(req)).await
+                    }
+                })
+                .await;
+            // None: the leader did not answer and another leads the shard now; route again.
+            if let Some(answer) = forwarded {
+                return Ok(answer.map_err(|(e, _)| e)?.into_inner());
             }
         };
         let view = group.view().clone();

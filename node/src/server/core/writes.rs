@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use riptide_proto::v1;
-use riptide_proto::{SequenceNumber, ShardId};
+use riptide_proto::{RESENT_HEADER, SequenceNumber, ShardId};
 use riptide_raft::RaftError;
 
 use super::Core;
@@ -133,23 +133,37 @@ impl Core {
         // A write refused before it was appended (a leader whose lease is not established
         // yet, or one that just stepped down) is routed and sent again, for a little while.
         let deadline = Instant::now() + LEADER_WAIT;
+        // A forward its leader leaves unanswered is routed again when another node leads the
+        // shard now, until the forward timeout.
+        let recheck_until = tokio::time::Instant::now() + routing::FORWARD_TIMEOUT;
         let mut charged = false;
         loop {
             let group = match self.route(shard).await? {
                 Route::Local(group) => group,
                 Route::Remote(addrs) => {
-                    match self.put_remote(stream, &records, &addrs).await {
+                    match self
+                        .put_remote(stream, shard, &records, &addrs, recheck_until)
+                        .await
+                    {
+                        // The leader this node forwarded to did not answer, and another leads
+                        // the shard now: the records go there (or are written here) as well.
+                        None => {
+                            routing::note_resent();
+                            continue;
+                        }
                         // The leader this node knows is gone (its connection is refused, so
                         // the records never reached it): wait for the next leader instead of
                         // failing, as for a local NotLeader.
-                        Err((_, true)) if Instant::now() < deadline => {
+                        Some(Err((_, true))) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
-                        other => return other.map_err(|(e, _)| e),
+                        Some(other) => return other.map_err(|(e, _)| e),
                     }
                 }
             };
+            #[cfg(feature = "failpoints")]
+            self.hold_writes_while_asked().await;
             if !charged {
                 self.take_quota(shard, &records)?;
                 charged = true;
@@ -181,13 +195,17 @@ impl Core {
         }
     }
 
-    /// Forwards one shard's records to the node that leads it (or may know who does).
+    /// Forwards one shard's records to the node that leads it (or may know who does); `None`
+    /// when that node left them unanswered and another leads the shard now
+    /// ([`Core::forward_to_leader`]).
     async fn put_remote(
         &self,
         stream: &str,
+        shard: &ShardInfo,
         records: &[RoutedRecord],
         addrs: &[String],
-    ) -> Result<Vec<Result<SequenceNumber, ServiceError>>, (ServiceError, bool)> {
+        recheck_until: tokio::time::Instant,
+    ) -> Option<Result<Vec<Result<SequenceNumber, ServiceError>>, (ServiceError, bool)>> {
         let req = v1::PutRecordsRequest {
             stream_name: stream.to_string(),
             records: records
@@ -201,16 +219,24 @@ impl Core {
             numeric_positions: true,
         };
         let resp = self
-            .forward_or_refused(addrs, |addr| {
+            .forward_to_leader(shard, addrs, recheck_until, |addr| {
                 let req = req.clone();
                 async move {
                     let mut c = self.peers.stream(&addr).map_err(tonic::Status::from)?;
-                    c.put_records(routing::onward(req)).await
+                    let resp = c.put_records(routing::onward(req)).await?;
+                    // The node forwarded to may have sent the records to two leaders itself.
+                    if resp.metadata().contains_key(RESENT_HEADER) {
+                        routing::note_resent();
+                    }
+                    Ok(resp)
                 }
             })
-            .await?
-            .into_inner();
-        Ok(resp
+            .await?;
+        let resp = match resp {
+            Ok(resp) => resp.into_inner(),
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(resp
             .records
             .into_iter()
             .map(|r| {
@@ -226,7 +252,25 @@ impl Core {
                     })
                 }
             })
-            .collect())
+            .collect()))
+    }
+
+    /// For tests: while the failpoint `core::hold_writes:<data dir>` is set (to `return`),
+    /// the writes this node would append as a shard's leader wait unanswered, as at a leader
+    /// that froze; the failpoint `core::holding_write:<data dir>` is evaluated once per write
+    /// held, so that a test can count them (`fail::cfg_callback`). Named after the node's data
+    /// directory, since the nodes of a test share one process and its failpoint registry.
+    #[cfg(feature = "failpoints")]
+    async fn hold_writes_while_asked(&self) {
+        let dir = self.config.data_dir.display();
+        let hold = format!("core::hold_writes:{dir}");
+        if fail::eval(&hold, |_| ()).is_none() {
+            return;
+        }
+        fail::eval(&format!("core::holding_write:{dir}"), |_| ());
+        while fail::eval(&hold, |_| ()).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Charges a write against the shard's quota, when one is configured, at the time of the
