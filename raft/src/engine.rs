@@ -71,6 +71,8 @@ struct EngineInner {
     store: NodeStore,
     pool: Arc<PeerPool>,
     stats: Arc<TransportStats>,
+    /// Peers the failover watcher last found gone.
+    gone: Arc<Mutex<std::collections::HashSet<u64>>>,
     /// Turns true at shutdown: ends the failover watcher and the `Watch` calls peers hold.
     closing: tokio::sync::watch::Sender<bool>,
     /// The groups the transport routes to.
@@ -115,6 +117,7 @@ impl RaftEngine {
                 store,
                 pool,
                 stats,
+                gone: Arc::default(),
                 closing,
                 rafts: Arc::new(RwLock::new(HashMap::new())),
                 groups: Mutex::new(HashMap::new()),
@@ -151,7 +154,18 @@ impl RaftEngine {
             pool: self.inner.pool.clone(),
             stats: self.inner.stats.clone(),
             probe_timeout: self.inner.config.transport.dead_peer_probe(),
+            gone: self.inner.gone.clone(),
         }
+    }
+
+    /// Peers whose process this node last found gone (a connection refused or reset, or the
+    /// peer said it was shutting down) and that have not answered since. A leadership handed
+    /// to one of them would wait for nothing.
+    pub fn peers_gone(&self) -> Vec<NodeId> {
+        let gone = self.inner.gone.lock().unwrap_or_else(|e| e.into_inner());
+        let mut peers: Vec<NodeId> = gone.iter().map(|n| NodeId(*n)).collect();
+        peers.sort();
+        peers
     }
 
     /// Elections this node started, by cause, and the gaps between the heartbeats it received.

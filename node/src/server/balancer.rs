@@ -101,9 +101,17 @@ fn plan(
     if !liveness.settled(&nodes, core.node_id(), now, repair_after) {
         return Ok(Vec::new());
     }
-    let health = liveness.health(&nodes, core.node_id(), now, repair_after);
+    let mut health = liveness.health(&nodes, core.node_id(), now, repair_after);
     let leaders = liveness.leaders(now, LEADERS_FRESH_WITHIN);
     drop(liveness);
+    // A node whose process this node found gone answered a probe less than a few seconds
+    // ago, but a leadership handed to it would stall the shard until the handover failed.
+    let gone = core.engine.peers_gone();
+    for h in &mut health {
+        if gone.contains(&riptide_raft::NodeId(h.info.id)) {
+            h.usable = false;
+        }
+    }
     let skip = |g: u64| recent.contains_key(&g);
     Ok(balance::plan(
         &health,

@@ -25,8 +25,8 @@
 //! never by trusting its lease; so an old leader that is in fact alive cannot serve a stale
 //! read after its followers elected another.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -75,6 +75,8 @@ pub(crate) struct Failover {
     pub(crate) pool: Arc<PeerPool>,
     pub(crate) stats: Arc<TransportStats>,
     pub(crate) probe_timeout: Duration,
+    /// Peers last found gone (refused, reset or shutting down) and not answered since.
+    pub(crate) gone: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Failover {
@@ -137,7 +139,9 @@ impl Failover {
             if *closing.borrow() {
                 return;
             }
-            let wait = match self.probe(peer, &addr).await {
+            let probe = self.probe(peer, &addr).await;
+            self.note(peer, &probe);
+            let wait = match probe {
                 Probe::Open(mut stream) => {
                     let opened = tokio::time::Instant::now();
                     let message = tokio::select! {
@@ -147,6 +151,7 @@ impl Failover {
                     match message {
                         // The one message the peer sends: it is shutting down.
                         Some(Ok(_)) => {
+                            self.set_gone(peer, true);
                             self.take_over_from(NodeId(peer), "it is shutting down").await;
                             retry
                         }
@@ -177,6 +182,24 @@ impl Failover {
                 _ = tokio::time::sleep(wait) => {}
                 _ = closing.wait_for(|c| *c) => return,
             }
+        }
+    }
+
+    /// Remembers whether `peer` is gone, as far as `probe` tells.
+    fn note(&self, peer: u64, probe: &Probe) {
+        match probe {
+            Probe::Open(_) | Probe::NotWatchable(_) => self.set_gone(peer, false),
+            Probe::Gone(_) => self.set_gone(peer, true),
+            Probe::Silent => {}
+        }
+    }
+
+    fn set_gone(&self, peer: u64, gone: bool) {
+        let mut set = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        if gone {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
         }
     }
 
