@@ -138,11 +138,7 @@ impl RaftEngine {
             engine.start(group, &reg).await?;
         }
         if engine.inner.config.transport.notice_dead_leaders {
-            tokio::spawn(
-                engine
-                    .failover()
-                    .run(engine.inner.closing.subscribe()),
-            );
+            tokio::spawn(engine.failover().run(engine.inner.closing.subscribe()));
         }
         Ok(engine)
     }

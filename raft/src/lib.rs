@@ -27,9 +27,9 @@ pub use engine::{EngineConfig, RaftEngine, StateMachineFactory};
 pub use error::{RaftError, RaftErrorKind, StorageError};
 pub use group::{AckedAt, Group, GroupStatus, Role, WriteOutcome};
 pub use settings::{GroupSettings, HTTP2_MAX_FRAME_BYTES, TransportSettings};
-pub use transport::{ElectionStats, HEARTBEAT_GAP_BOUNDS_MS};
 pub use store::{
     DataFamily, GroupBatch, GroupCommit, GroupView, NodeStore, RecordReads, StoreClosed,
     WriterStats,
 };
+pub use transport::{ElectionStats, HEARTBEAT_GAP_BOUNDS_MS};
 pub use types::{AppliedEntry, GroupId, NodeId, StateMachine};

@@ -48,9 +48,9 @@ fn default_log_cache_bytes() -> u64 {
 impl GroupSettings {
     /// Defaults for data shards in one data centre. A follower campaigns after 0.9 to 1.2 s
     /// without a heartbeat (the lease of 600 ms plus 300 to 600 ms): nine or more heartbeats
-    /// missed in a row, where the busiest closed-loop `riptide bench` on two cores delays one by
-    /// at most about 250 ms (docs/drills.md). A leader whose process died is replaced sooner,
-    /// without waiting for the lease: see `transport::failover`.
+    /// missed in a row, where ten minutes of the busiest closed-loop `riptide bench` on two
+    /// busy cores left at most 474 ms between two (docs/drills.md). A leader whose process
+    /// died is replaced sooner, without waiting for the lease: see `transport::failover`.
     pub fn data_shard() -> Self {
         Self {
             heartbeat_interval_ms: 100,

@@ -270,14 +270,8 @@ impl Report {
             Value::count(self.errors.consumer_errors),
         ));
         if let Some(e) = &self.elections {
-            rows.push((
-                "   elections (timeout)".into(),
-                Value::count(e.timeout),
-            ));
-            rows.push((
-                "   elections (transfer)".into(),
-                Value::count(e.transfer),
-            ));
+            rows.push(("   elections (timeout)".into(), Value::count(e.timeout)));
+            rows.push(("   elections (transfer)".into(), Value::count(e.transfer)));
             rows.push((
                 "   longest heartbeat gap ms".into(),
                 Value::count(e.longest_heartbeat_gap_ms),

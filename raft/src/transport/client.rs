@@ -19,8 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pb::raft_transport_client::RaftTransportClient;
 use super::pb::{RaftRequest, SnapshotChunk};
-use super::{decode, encode, split_append};
 use super::stats::TransportStats;
+use super::{decode, encode, split_append};
 use crate::settings::TransportSettings;
 use crate::store::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, PeerNode, TypeConfig, Vote};
@@ -320,9 +320,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         use openraft::vote::RaftLeaderId;
-        self.pool
-            .stats
-            .vote_sent(self.group, rpc.vote.leader_id().term(), rpc.leadership_transfer);
+        self.pool.stats.vote_sent(
+            self.group,
+            rpc.vote.leader_id().term(),
+            rpc.leadership_transfer,
+        );
         self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
             .await
     }

@@ -58,7 +58,7 @@ const NOT_WATCHABLE_RETRY: Duration = Duration::from_secs(30);
 /// What connecting to a peer's `Watch` found.
 enum Probe {
     /// The peer answered; the call stays open until it breaks.
-    Open(tonic::Streaming<super::pb::RaftReply>),
+    Open(Box<tonic::Streaming<super::pb::RaftReply>>),
     /// The connection was refused or reset before the peer answered: its process is gone.
     Gone(String),
     /// No answer within the probe timeout: slow, frozen or cut off; nothing is decided.
@@ -152,7 +152,8 @@ impl Failover {
                         // The one message the peer sends: it is shutting down.
                         Some(Ok(_)) => {
                             self.set_gone(peer, true);
-                            self.take_over_from(NodeId(peer), "it is shutting down").await;
+                            self.take_over_from(NodeId(peer), "it is shutting down")
+                                .await;
                             retry
                         }
                         // The call broke: connect again at once, unless it had only just
@@ -240,7 +241,7 @@ impl Failover {
             }
         };
         match tokio::time::timeout(self.probe_timeout, open).await {
-            Ok(Ok(stream)) => Probe::Open(stream),
+            Ok(Ok(stream)) => Probe::Open(Box::new(stream)),
             Ok(Err(probe)) => probe,
             Err(_) => Probe::Silent,
         }
@@ -269,7 +270,9 @@ impl Failover {
             groups = led.len(),
             "the leader's node is gone ({why}); electing successors at once"
         );
-        let takeovers = led.into_iter().map(|(g, raft)| self.take_over(g, raft, dead));
+        let takeovers = led
+            .into_iter()
+            .map(|(g, raft)| self.take_over(g, raft, dead));
         futures::future::join_all(takeovers).await;
     }
 
@@ -290,16 +293,16 @@ impl Failover {
                 .filter(|v| *v != self.node.0 && *v != dead.0)
                 .filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
                 .collect();
-            (m.vote.clone(), others)
+            (m.vote, others)
         };
-        let mine = raft.data_metrics().borrow_watched().last_log.clone();
+        let mine = raft.data_metrics().borrow_watched().last_log;
         let states = futures::future::join_all(
             others
                 .iter()
                 .map(|(id, addr)| self.log_state(group, *id, addr)),
         )
         .await;
-        let mut best = (mine.clone(), self.node.0);
+        let mut best = (mine, self.node.0);
         for ((id, _), state) in others.iter().zip(states) {
             let Some((their_vote, their_last)) = state else {
                 continue;
@@ -307,7 +310,7 @@ impl Failover {
             if their_vote != vote {
                 // That replica has moved on (it campaigns, or heard of a new leader): only let
                 // it win without waiting for the dead leader's lease.
-                self.local_transfer(&raft, group, vote.clone(), *id, their_last)
+                self.local_transfer(&raft, group, vote, *id, their_last)
                     .await;
                 return;
             }
@@ -324,7 +327,7 @@ impl Failover {
             successor,
             "the leader's node is gone; the replica with the longest log campaigns"
         );
-        self.local_transfer(&raft, group, vote.clone(), successor, last.clone())
+        self.local_transfer(&raft, group, vote, successor, last)
             .await;
         if successor != self.node.0
             && let Some((_, addr)) = others.iter().find(|(id, _)| *id == successor)
@@ -369,7 +372,9 @@ impl Failover {
         let req = TransferLeaderRequest::new(vote, to, last);
         match raft.handle_transfer_leader(req).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(group_id = %group, "no election after the leader died: {e}"),
+            Ok(Err(e)) => {
+                tracing::debug!(group_id = %group, "no election after the leader died: {e}")
+            }
             Err(fatal) => tracing::debug!(group_id = %group, "group stopped: {fatal}"),
         }
     }

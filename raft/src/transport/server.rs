@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::raft::AppendEntriesRequest;
 use tokio::io::AsyncWriteExt;
-use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -127,11 +127,8 @@ impl RaftTransport for TransportHandler {
         let raft = self.route(first.group_id, first.target_node)?;
         let (group, target) = (first.group_id, first.target_node);
         // Every heartbeat opens a stream of its own.
-        self.stats.heartbeat_received(
-            GroupId(group),
-            first.from_node,
-            std::time::Instant::now(),
-        );
+        self.stats
+            .heartbeat_received(GroupId(group), first.from_node, std::time::Instant::now());
         let first_rpc = append_payload(first)?;
 
         // Every later message must be for the same group and node and must decode; the input
@@ -233,8 +230,8 @@ impl RaftTransport for TransportHandler {
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         let raft = self.route(req.group_id, req.target_node)?;
-        let vote = raft.metrics().borrow_watched().vote.clone();
-        let last = raft.data_metrics().borrow_watched().last_log.clone();
+        let vote = raft.metrics().borrow_watched().vote;
+        let last = raft.data_metrics().borrow_watched().last_log;
         reply(Ok::<_, String>((vote, last)))
     }
 }
