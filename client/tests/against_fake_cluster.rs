@@ -5,14 +5,14 @@
 mod fake;
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake::FakeCluster;
+use fake::waits::{key_for, wait_until};
 use futures::StreamExt;
 use riptide_client::{
     Client, ClientConfig, ErrorCode, ProducerConfig, SequenceNumber, ShardId, StartingPosition, v1,
 };
-use riptide_proto::hash_key_of;
 
 const STREAM: &str = "orders";
 
@@ -42,23 +42,6 @@ async fn setup(shards: u32) -> (FakeCluster, Client) {
         .expect("active");
     cluster.clear_calls();
     (cluster, client)
-}
-
-/// A partition key whose hash falls in `shard` of a stream with `shards` shards.
-fn key_for(shard: u32, shards: u32, salt: usize) -> String {
-    let ranges = riptide_proto::split_hash_space(shards);
-    (0..)
-        .map(|i| format!("key-{salt}-{i}"))
-        .find(|k| ranges[shard as usize].contains(hash_key_of(k)))
-        .expect("some key hashes into every shard")
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

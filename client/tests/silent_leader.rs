@@ -8,11 +8,11 @@
 
 mod fake;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake::FakeCluster;
+use fake::waits::{key_for, wait_until};
 use riptide_client::{Client, ClientConfig, ShardId, StartingPosition, v1};
-use riptide_proto::hash_key_of;
 
 const STREAM: &str = "orders";
 const HELD: u64 = 2;
@@ -44,25 +44,6 @@ async fn setup(
     assert_eq!(cluster.leader(STREAM, 1), HELD);
     cluster.clear_calls();
     (cluster, client)
-}
-
-/// A partition key whose hash falls in `shard` of a stream with `shards` shards.
-fn key_for(shard: u32, shards: u32, salt: usize) -> String {
-    let ranges = riptide_proto::split_hash_space(shards);
-    (0..)
-        .map(|i| format!("key-{salt}-{i}"))
-        .find(|k| ranges[shard as usize].contains(hash_key_of(k)))
-        .expect("some key hashes into every shard")
-}
-
-/// Waits for `condition`, failing the test after 30 s: a call the held node keeps never ends
-/// by itself (the client's request timeout is an hour).
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// `future`'s output, failing the test when it has none after 30 s.

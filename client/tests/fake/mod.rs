@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 mod admin;
 mod hold;
+pub mod waits;
 
 /// One call as a node received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
