@@ -103,33 +103,7 @@ impl Node {
             (KIND_CONTROLLER.to_vec(), config.timing.controller()),
             (KIND_SHARD.to_vec(), config.timing.shard()),
         ]);
-        let engine = RaftEngine::open(engine_config, Arc::new(factory))
-            .await
-            .with_context(|| format!("opening node {id} in {}", config.data_dir.display()))?;
-        if engine.group(CONTROLLER_GROUP).is_err() {
-            engine
-                .create_group(
-                    CONTROLLER_GROUP,
-                    config.timing.controller(),
-                    KIND_CONTROLLER,
-                )
-                .await
-                .context("creating the controller group")?;
-        }
-        let members = config.initial_members()?;
-        let voters: BTreeMap<NodeId, String> = members
-            .iter()
-            .take(CONTROLLER_VOTERS)
-            .map(|m| (NodeId(m.id), m.address.clone()))
-            .collect();
-        if voters.keys().next() == Some(&id) {
-            engine
-                .group(CONTROLLER_GROUP)?
-                .initialize(voters)
-                .await
-                .context("forming the controller group")?;
-        }
-
+        // The addresses first: a port in use fails the start before any group runs.
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
@@ -137,14 +111,24 @@ impl Node {
         let kinesis_listener = if config.kinesis_listen.is_empty() {
             None
         } else {
-            Some(
-                tokio::net::TcpListener::bind(&config.kinesis_listen)
-                    .await
-                    .with_context(|| {
-                        format!("kinesis_listen: cannot bind {}", config.kinesis_listen)
-                    })?,
-            )
+            let l = tokio::net::TcpListener::bind(&config.kinesis_listen)
+                .await
+                .with_context(|| {
+                    format!("kinesis_listen: cannot bind {}", config.kinesis_listen)
+                })?;
+            let kinesis_addr = l.local_addr()?;
+            Some((l, kinesis_addr))
         };
+        let members = config.initial_members()?;
+        let engine = RaftEngine::open(engine_config, Arc::new(factory))
+            .await
+            .with_context(|| format!("opening node {id} in {}", config.data_dir.display()))?;
+        if let Err(e) = form_controller(&engine, &config, id, &members).await {
+            // Its groups and watcher stop before the error reaches the caller.
+            engine.shutdown().await;
+            return Err(e);
+        }
+
         let (stop, stopped) = watch::channel(false);
         let core = Arc::new(Core::new(
             config,
@@ -179,8 +163,7 @@ impl Node {
                 .await
         });
         let kinesis = match kinesis_listener {
-            Some(l) => {
-                let kinesis_addr = l.local_addr()?;
+            Some((l, kinesis_addr)) => {
                 let (core, stopped) = (core.clone(), stopped.clone());
                 let server =
                     tokio::spawn(async move { crate::kinesis_api::serve(l, &core, stopped).await });
@@ -276,6 +259,39 @@ impl Node {
             tracing::warn!(node_id = id, "storage still in use 15s after shutdown");
         }
     }
+}
+
+/// Creates the controller group on a node that has none, and forms it on the first of the
+/// initial members.
+async fn form_controller(
+    engine: &RaftEngine,
+    config: &NodeConfig,
+    id: NodeId,
+    members: &[crate::config::InitialMember],
+) -> Result<()> {
+    if engine.group(CONTROLLER_GROUP).is_err() {
+        engine
+            .create_group(
+                CONTROLLER_GROUP,
+                config.timing.controller(),
+                KIND_CONTROLLER,
+            )
+            .await
+            .context("creating the controller group")?;
+    }
+    let voters: BTreeMap<NodeId, String> = members
+        .iter()
+        .take(CONTROLLER_VOTERS)
+        .map(|m| (NodeId(m.id), m.address.clone()))
+        .collect();
+    if voters.keys().next() == Some(&id) {
+        engine
+            .group(CONTROLLER_GROUP)?
+            .initialize(voters)
+            .await
+            .context("forming the controller group")?;
+    }
+    Ok(())
 }
 
 /// Waits `d`, or less when the node shuts down; returns false on shutdown.
